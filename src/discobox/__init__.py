@@ -1,0 +1,13 @@
+"""DiscoBox on plain PyTorch: instance segmentation and correspondence learned from boxes.
+
+Public API::
+
+    from discobox import Config, load_config, build_model, load_model, Predictor
+"""
+
+from .config import Config, load_config
+from .modeling.build import build_model, load_model
+from .predict import Predictor
+
+__all__ = ["Config", "Predictor", "build_model", "load_config", "load_model"]
+__version__ = "0.1.0"

@@ -1,0 +1,7 @@
+"""``python -m discobox`` (also what ``torchrun -m discobox`` runs)."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

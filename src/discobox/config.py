@@ -1,0 +1,356 @@
+"""Typed, frozen configuration: defaults in dataclasses, recipes as YAML deltas, dotted overrides.
+
+A recipe file holds only the keys that differ from the defaults below (the defaults are the
+paper's ResNet-50 COCO recipe, METHOD.md §1, §6, §7)::
+
+    model:
+      num_classes: 20
+    solver:
+      epochs: 72
+      steps: [54, 66]
+
+Command-line overrides use dotted keys, e.g. ``solver.lr=0.02 data.batch_size=4``; values are
+parsed as YAML scalars/lists. Unknown keys raise :class:`ConfigError` with a "did you mean" hint.
+Config keys equal the keyword names of the constructors they feed (``modeling/build.py``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+
+
+class ConfigError(ValueError):
+    """A bad config file, key or value; the message names the key and the file."""
+
+
+@dataclass(frozen=True)
+class BackboneConfig:
+    name: str = "resnet50"  # resnet18/34/50/101, resnext101_32x4d, resnext101_64x4d
+    dcn: bool = False  # DCNv2 in stages 2-4 (METHOD.md §2.2)
+    weights: str | None = None  # path to a torchvision state dict; None = random init
+    frozen_stages: int = 1
+    norm_eval: bool = True
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    num_classes: int = 80
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    fpn_channels: int = 256
+    seg_feat_channels: int = 512  # head tower width (§2.5)
+    stacked_convs: int = 4
+    kernel_out_channels: int = 256  # E (§2.7)
+    mask_mid_channels: int = 128  # mask-feature branch width (§2.6)
+    num_grids: tuple[int, ...] = (40, 36, 24, 16, 12)
+    scale_ranges: tuple[tuple[int, int], ...] = (
+        (1, 96),
+        (48, 192),
+        (96, 384),
+        (192, 768),
+        (384, 2048),
+    )
+    sigma: float = 0.2
+    dcn_head: bool = False  # DCNv2 in both towers and the mask-feature branch
+
+
+@dataclass(frozen=True)
+class TestConfig:
+    score_thr: float = 0.1
+    mask_thr: float = 0.4
+    nms_pre: int = 500
+    update_thr: float = 0.05
+    kernel: str = "gaussian"
+    sigma: float = 2.0
+    max_per_img: int = 100
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    mode: str = "box"  # "box" (DiscoBox) or "full" (fully supervised upper bound)
+    cls_weight: float = 1.0
+    proj_weight: float = 1.0
+    ts_weight: float = 1.0
+    mask_weight: float = 3.0
+    pairwise: bool = False  # BoxInst pairwise colour-affinity term (option)
+    pairwise_weight: float = 1.0
+    focal_alpha: float = 0.25
+    focal_gamma: float = 2.0
+
+
+@dataclass(frozen=True)
+class CRFConfig:
+    mode: str = "faithful"  # "faithful" (official hard colour vote), "meanfield", "none"
+    iters: int = 10
+    kernel_size: int = 3
+    alpha0: float = 2.0
+    theta0: float = 0.5
+    theta1: float = 30.0
+    base: float = 0.1
+
+
+@dataclass(frozen=True)
+class TeacherConfig:
+    enabled: bool = True
+    momentum: float = 0.999
+    start_iter: int = 13000
+
+
+@dataclass(frozen=True)
+class GatesConfig:
+    enabled: bool = True  # False = auxiliary losses always on (useful for short schedules)
+    init: float = 2.0
+    momentum: float = 0.9
+    ts_thresh: float = 0.3
+    corr_thresh: float = 0.2
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    train_json: str | None = None
+    train_images: str | None = None
+    val_json: str | None = None
+    val_images: str | None = None
+    class_names: tuple[str, ...] | None = None
+    train_scales: tuple[tuple[int, int], ...] = ((1333, 800),)  # (long side, short side)
+    test_scale: tuple[int, int] = (1333, 800)
+    flip_prob: float = 0.5
+    batch_size: int = 2  # images per process
+    num_workers: int = 2
+
+
+@dataclass(frozen=True)
+class SolverConfig:
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    warmup_iters: int = 2000
+    warmup_ratio: float = 0.01
+    epochs: int = 36
+    steps: tuple[int, ...] = (33, 35)  # epochs after which lr is multiplied by gamma
+    gamma: float = 0.1
+    max_iter: int | None = None  # if set, overrides epochs; steps are then in iterations
+    clip_grad: float | None = 35.0
+    amp: str = "fp16"  # "fp16" (static scale, §2.9), "bf16" or "none"; CUDA only
+    loss_scale: float = 512.0
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    output_dir: str = "runs/discobox"
+    seed: int = 0
+    device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1"
+    log_period: int = 20
+    checkpoint_period: int = 1000  # iterations
+    eval_period: int = 0  # iterations; 0 = at the end only
+    keep_checkpoints: int = 2
+    tensorboard: bool = True
+
+
+@dataclass(frozen=True)
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    test: TestConfig = field(default_factory=TestConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    crf: CRFConfig = field(default_factory=CRFConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    gates: GatesConfig = field(default_factory=GatesConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    solver: SolverConfig = field(default_factory=SolverConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return _to_plain(dataclasses.asdict(self))
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def replace(self, **dotted: Any) -> Config:
+        """Return a copy with dotted keys replaced, e.g. ``cfg.replace(**{"solver.lr": 0.1})``."""
+        return apply_overrides(self, dotted)
+
+
+_ENUMS: dict[str, tuple[str, ...]] = {
+    "loss.mode": ("box", "full"),
+    "crf.mode": ("faithful", "meanfield", "none"),
+    "solver.amp": ("fp16", "bf16", "none"),
+    "test.kernel": ("gaussian", "linear"),
+}
+
+
+def _to_plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _to_plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_to_plain(v) for v in value]
+    return value
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
+    """Convert a YAML value to the annotated type ``tp``; raise ConfigError naming ``key``."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key, source)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if errors else f"{source}: bad value for {key!r}")
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{source}: {key!r} must be a mapping, got {value!r}")
+        return _merge(tp(), value, prefix=key, source=source)
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{source}: {key!r} must be a list, got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(v, args[0], key, source) for v in value)
+        if len(args) != len(value):
+            raise ConfigError(f"{source}: {key!r} needs {len(args)} values, got {value!r}")
+        return tuple(_coerce(v, a, key, source) for v, a in zip(value, args))
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{source}: {key!r} must be true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise ConfigError(f"{source}: {key!r} must be an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{source}: {key!r} must be a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            choices = _ENUMS.get(key)
+            if choices is not None and value not in choices:
+                raise ConfigError(f"{source}: {key!r} must be one of {choices}, got {value!r}")
+            return value
+        raise ConfigError(f"{source}: {key!r} must be a string, got {value!r}")
+    raise ConfigError(f"{source}: unsupported type for {key!r}")
+
+
+def _unknown_key(key: str, candidates: list[str], source: str) -> ConfigError:
+    close = difflib.get_close_matches(key.split(".")[-1], candidates, n=1, cutoff=0.6)
+    prefix = key.rsplit(".", 1)[0] + "." if "." in key else ""
+    hint = f"; did you mean {prefix + close[0]!r}?" if close else ""
+    return ConfigError(f"{source}: unknown config key {key!r}{hint}")
+
+
+def _merge(base: Any, delta: dict[str, Any], *, prefix: str, source: str) -> Any:
+    types_ = _field_types(type(base))
+    changes: dict[str, Any] = {}
+    for name, value in delta.items():
+        key = f"{prefix}.{name}" if prefix else str(name)
+        if name not in types_:
+            raise _unknown_key(key, list(types_), source)
+        tp = types_[name]
+        current = getattr(base, name)
+        if dataclasses.is_dataclass(current) and isinstance(value, dict):
+            changes[name] = _merge(current, value, prefix=key, source=source)
+        else:
+            changes[name] = _coerce(value, tp, key, source)
+    return dataclasses.replace(base, **changes)
+
+
+def _nest(dotted: dict[str, Any]) -> dict[str, Any]:
+    nested: dict[str, Any] = {}
+    for key, value in dotted.items():
+        parts = key.split(".")
+        node = nested
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {key!r} conflicts with another override")
+        node[parts[-1]] = value
+    return nested
+
+
+def apply_overrides(cfg: Config, overrides: dict[str, Any], source: str = "override") -> Config:
+    """Apply dotted-key overrides (values already parsed) to ``cfg``."""
+    return _merge(cfg, _nest(overrides), prefix="", source=source)
+
+
+def parse_cli_overrides(items: list[str]) -> dict[str, Any]:
+    """Parse ``KEY=VALUE`` strings; VALUE is read as YAML (numbers, lists, null, booleans)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not KEY=VALUE")
+        key, raw = item.split("=", 1)
+        key = key.strip().replace("-", "_")
+        try:
+            out[key] = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"override {item!r}: cannot parse value ({exc})") from exc
+    return out
+
+
+def available_recipes() -> list[str]:
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+
+
+def resolve_config_path(name_or_path: str | Path) -> Path:
+    """A recipe name (``discobox_r50_fpn_3x_coco``) or a path to a YAML file."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") and path.exists():
+        return path
+    named = CONFIG_DIR / f"{path.stem if path.suffix else name_or_path}.yaml"
+    if named.exists():
+        return named
+    if path.exists():
+        return path
+    close = difflib.get_close_matches(str(name_or_path), available_recipes(), n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    raise ConfigError(
+        f"config {str(name_or_path)!r} is neither a file nor a recipe name{hint} "
+        f"(recipes: {', '.join(available_recipes())})"
+    )
+
+
+def load_config(
+    name_or_path: str | Path | None = None, overrides: dict[str, Any] | list[str] | None = None
+) -> Config:
+    """Defaults, then the recipe/YAML delta (if given), then overrides (dotted keys)."""
+    cfg = Config()
+    if name_or_path is not None:
+        path = resolve_config_path(name_or_path)
+        try:
+            delta = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: invalid YAML ({exc})") from exc
+        if not isinstance(delta, dict):
+            raise ConfigError(f"{path}: top level must be a mapping")
+        delta.pop("description", None)
+        cfg = _merge(cfg, delta, prefix="", source=str(path))
+    if overrides:
+        if isinstance(overrides, list):
+            overrides = parse_cli_overrides(overrides)
+        cfg = apply_overrides(cfg, overrides)
+    return cfg
+
+
+def config_from_dict(data: dict[str, Any], source: str = "checkpoint") -> Config:
+    """Rebuild a Config from :meth:`Config.to_dict` output (e.g. stored in a checkpoint)."""
+    return _merge(Config(), data, prefix="", source=source)

@@ -1,0 +1,404 @@
+"""COCO-format instance datasets (METHOD.md §3.1 step 2): boxes only, full masks, or test images.
+
+Annotation rules (mmdet ``CocoDataset._parse_ann_info``): crowd annotations are excluded; an
+annotation is skipped, and counted in :attr:`CocoDataset.skipped`, if it has ``ignore`` set, if its
+box does not intersect the image, if ``area <= 0`` (when present), or if ``w < 1`` or ``h < 1``.
+Kept boxes become ``[x, y, x + w, y + h]`` clipped to the image. Structural problems (bad json,
+missing keys, unknown category, duplicate image id) raise ``ValueError`` naming the file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import math
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+from pycocotools import mask as mask_utils
+from torch.utils.data import Dataset
+
+from ..structures import Instances
+
+logger = logging.getLogger(__name__)
+
+MODES = ("box", "full", "test")
+SKIP_REASONS = {
+    "crowd": "crowd",
+    "other_class": "of classes not selected",
+    "ignore": "marked ignore",
+    "outside": "outside image",
+    "zero_area": "area <= 0",
+    "degenerate": "degenerate boxes",
+}
+
+
+class ImageReadError(OSError):
+    """An image file is missing, unreadable or cannot be decoded."""
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Read an image file as ``uint8[H, W, 3]`` RGB (cv2 ``IMREAD_COLOR``, as mmcv ``imread``).
+
+    Raises:
+        ImageReadError: the file is missing, unreadable or not a decodable image; names the path.
+    """
+    path = Path(path)
+    try:
+        data = np.fromfile(str(path), dtype=np.uint8)
+    except FileNotFoundError:
+        raise ImageReadError(f"image file not found: {path}") from None
+    except OSError as exc:
+        raise ImageReadError(f"cannot read image file {path}: {exc}") from exc
+    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    if image is None:
+        raise ImageReadError(f"cannot decode image (corrupt or unsupported format): {path}")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+@dataclass
+class _Record:
+    """Parsed annotations of one image (original pixel frame)."""
+
+    image_id: int
+    path: Path
+    height: int
+    width: int
+    boxes: np.ndarray  # float32[N, 4] xyxy, clipped
+    labels: np.ndarray  # int64[N]
+    ann_ids: np.ndarray  # int64[N]
+    segmentations: list[Any] | None  # 'full' mode only
+
+
+def _load_json(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise FileNotFoundError(f"annotation file not found: {path}") from None
+    if not text.strip():
+        raise ValueError(f"{path}: annotation file is empty")
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: invalid json ({exc})") from None
+    if not isinstance(data, dict) or not data:
+        raise ValueError(f"{path}: expected a COCO json object with 'images' and 'categories'")
+    return data
+
+
+def _require(entry: dict[str, Any], keys: Sequence[str], where: str) -> None:
+    if not isinstance(entry, dict):
+        raise ValueError(f"{where}: expected an object, got {type(entry).__name__}")
+    missing = [k for k in keys if k not in entry]
+    if missing:
+        raise ValueError(f"{where}: missing key(s) {missing}")
+
+
+class CocoDataset(Dataset):
+    """Images and instances from a COCO json file.
+
+    Args:
+        ann_file: COCO json (``images``, ``categories``; ``annotations`` unless ``mode='test'``).
+        image_dir: folder that ``file_name`` entries are relative to.
+        mode: ``'box'`` (boxes and labels; the ``segmentation`` field is never read), ``'full'``
+            (also masks, decoded lazily from polygons or RLE) or ``'test'`` (boxes if present, no
+            filtering).
+        transforms: callable applied to each sample dict (see :mod:`discobox.data.transforms`).
+        filter_empty: drop images without usable annotations. ``None`` means True for ``'box'``
+            and ``'full'``, False for ``'test'``.
+        min_size: in ``'box'`` and ``'full'`` mode, drop images with a side under this many pixels.
+        class_names: restrict to these category names, in this order (labels follow it);
+            annotations of other categories are dropped. ``None``: all categories, sorted by id.
+
+    Attributes:
+        cat_ids: category id of each contiguous label.
+        class_names: name of each label.
+        label_to_cat_id / cat_id_to_label: the two mappings.
+        image_ids: COCO image id of each item.
+        aspect_ratios: ``w / h`` of each item.
+        skipped: counts of excluded annotations by reason (keys of ``SKIP_REASONS``).
+
+    ``ds[i]`` is ``transforms({"image": uint8[H, W, 3] RGB, "instances": Instances (boxes
+    float32[N, 4] xyxy, labels int64[N], ids int64[N], masks bool[N, H, W] in 'full' mode else
+    None), "image_id": int, "file_name": str, "orig_size": (H, W)})``.
+    """
+
+    def __init__(
+        self,
+        *,
+        ann_file: str | Path,
+        image_dir: str | Path,
+        mode: str = "box",
+        transforms: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+        filter_empty: bool | None = None,
+        min_size: int = 32,
+        class_names: Sequence[str] | None = None,
+    ) -> None:
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        self.ann_file = Path(ann_file)
+        self.image_dir = Path(image_dir)
+        self.mode = mode
+        self.transforms = transforms
+        self.filter_empty = (mode != "test") if filter_empty is None else bool(filter_empty)
+        self.min_size = min_size
+        self._coco = None
+
+        data = _load_json(self.ann_file)
+        name = self.ann_file.name
+        for key in ("images", "categories") + (() if mode == "test" else ("annotations",)):
+            if key not in data:
+                raise ValueError(f"{self.ann_file}: missing top-level key '{key}'")
+            if not isinstance(data[key], list):
+                raise ValueError(f"{self.ann_file}: '{key}' must be a list")
+        self._init_categories(data["categories"], class_names)
+
+        images: dict[int, dict[str, Any]] = {}
+        for i, img in enumerate(data["images"]):
+            _require(img, ("id", "file_name", "width", "height"), f"{self.ann_file}: images[{i}]")
+            if img["id"] in images:
+                raise ValueError(f"{self.ann_file}: duplicate image id {img['id']}")
+            images[img["id"]] = img
+
+        self.skipped = dict.fromkeys(SKIP_REASONS, 0)
+        per_image: dict[int, list[dict[str, Any]]] = {k: [] for k in images}
+        for i, ann in enumerate(data.get("annotations") or []):
+            ann_id = ann.get("id", f"#{i}") if isinstance(ann, dict) else f"#{i}"
+            where = f"{self.ann_file}: annotation {ann_id}"
+            _require(ann, ("image_id", "category_id", "bbox"), where)
+            if ann["category_id"] not in self._all_cat_ids:
+                raise ValueError(
+                    f"{where} has category_id {ann['category_id']}, which is not in 'categories'"
+                )
+            if ann["image_id"] not in images:
+                raise ValueError(f"{where} refers to image_id {ann['image_id']}, not in 'images'")
+            reason = self._skip_reason(ann, images[ann["image_id"]], where)
+            if reason is not None:
+                self.skipped[reason] += 1
+                continue
+            if mode == "full" and "segmentation" not in ann:
+                raise ValueError(f"{where}: 'full' mode needs a 'segmentation'")
+            per_image[ann["image_id"]].append(ann)
+
+        self._records: list[_Record] = []
+        dropped_empty = dropped_small = 0
+        for image_id, img in images.items():
+            anns = per_image[image_id]
+            h, w = int(img["height"]), int(img["width"])
+            if self.filter_empty and not anns:
+                dropped_empty += 1
+                continue
+            if mode != "test" and min(h, w) < min_size:
+                dropped_small += 1
+                continue
+            self._records.append(self._make_record(image_id, img, anns))
+        self._log_summary(name, dropped_empty, dropped_small)
+
+    # ----------------------------------------------------------------------------- parsing
+    def _init_categories(self, cats: list[Any], class_names: Sequence[str] | None) -> None:
+        by_id: dict[int, str] = {}
+        for i, c in enumerate(cats):
+            _require(c, ("id", "name"), f"{self.ann_file}: categories[{i}]")
+            if c["id"] in by_id:
+                raise ValueError(f"{self.ann_file}: duplicate category id {c['id']}")
+            by_id[c["id"]] = str(c["name"])
+        if not by_id:
+            raise ValueError(f"{self.ann_file}: 'categories' is empty")
+        self._all_cat_ids = set(by_id)
+        if class_names is None:
+            self.cat_ids = sorted(by_id)
+        else:
+            by_name: dict[str, int] = {}
+            for cid, cname in by_id.items():
+                if cname in by_name:
+                    raise ValueError(f"{self.ann_file}: category name {cname!r} is not unique")
+                by_name[cname] = cid
+            unknown = [n for n in class_names if n not in by_name]
+            if unknown:
+                raise ValueError(
+                    f"{self.ann_file}: class name(s) {unknown} not among the categories "
+                    f"{sorted(by_name)}"
+                )
+            if len(set(class_names)) != len(class_names):
+                raise ValueError(f"class_names has duplicates: {list(class_names)}")
+            self.cat_ids = [by_name[n] for n in class_names]
+        self.class_names = [by_id[c] for c in self.cat_ids]
+        self.cat_id_to_label = {c: i for i, c in enumerate(self.cat_ids)}
+        self.label_to_cat_id = dict(enumerate(self.cat_ids))
+
+    def _skip_reason(self, ann: dict[str, Any], img: dict[str, Any], where: str) -> str | None:
+        if ann.get("iscrowd", 0):
+            return "crowd"
+        if ann["category_id"] not in self.cat_id_to_label:
+            return "other_class"
+        if ann.get("ignore", False):
+            return "ignore"
+        bbox = ann["bbox"]
+        if not isinstance(bbox, list | tuple) or len(bbox) != 4:
+            raise ValueError(f"{where}: 'bbox' must be [x, y, w, h], got {bbox!r}")
+        try:
+            x, y, w, h = (float(v) for v in bbox)
+        except (TypeError, ValueError):
+            raise ValueError(f"{where}: 'bbox' must hold numbers, got {bbox!r}") from None
+        if not all(math.isfinite(v) for v in (x, y, w, h)):
+            return "degenerate"
+        inter_w = max(0.0, min(x + w, float(img["width"])) - max(x, 0.0))
+        inter_h = max(0.0, min(y + h, float(img["height"])) - max(y, 0.0))
+        if inter_w * inter_h == 0:
+            return "outside"
+        if "area" in ann and ann["area"] <= 0:
+            return "zero_area"
+        if w < 1 or h < 1:
+            return "degenerate"
+        return None
+
+    def _make_record(self, image_id: int, img: dict[str, Any], anns: list[dict]) -> _Record:
+        h, w = float(img["height"]), float(img["width"])
+        boxes = np.zeros((len(anns), 4), dtype=np.float32)
+        for i, ann in enumerate(anns):
+            x, y, bw, bh = (float(v) for v in ann["bbox"])
+            boxes[i] = (min(max(x, 0), w), min(max(y, 0), h), min(x + bw, w), min(y + bh, h))
+        return _Record(
+            image_id=image_id,
+            path=self.image_dir / img["file_name"],
+            height=int(img["height"]),
+            width=int(img["width"]),
+            boxes=boxes,
+            labels=np.array([self.cat_id_to_label[a["category_id"]] for a in anns], np.int64),
+            ann_ids=np.array([int(a.get("id", -1)) for a in anns], dtype=np.int64),
+            segmentations=[a["segmentation"] for a in anns] if self.mode == "full" else None,
+        )
+
+    def _log_summary(self, name: str, dropped_empty: int, dropped_small: int) -> None:
+        quiet = ("crowd", "other_class")
+        problems = {k: v for k, v in self.skipped.items() if v and k not in quiet}
+        if problems:
+            detail = ", ".join(f"{v} {SKIP_REASONS[k]}" for k, v in problems.items())
+            logger.warning("%s: skipped %d annotations (%s)", name, sum(problems.values()), detail)
+        if self.skipped["crowd"] or self.skipped["other_class"]:
+            logger.info(
+                "%s: excluded %d crowd annotations and %d of classes not selected",
+                name,
+                self.skipped["crowd"],
+                self.skipped["other_class"],
+            )
+        if dropped_empty or dropped_small:
+            logger.info(
+                "%s: %d images kept; dropped %d without usable annotations, %d smaller than %d px",
+                name,
+                len(self._records),
+                dropped_empty,
+                dropped_small,
+                self.min_size,
+            )
+
+    # ----------------------------------------------------------------------------- access
+    def __len__(self) -> int:
+        return len(self._records)
+
+    @property
+    def image_ids(self) -> list[int]:
+        return [r.image_id for r in self._records]
+
+    @property
+    def aspect_ratios(self) -> list[float]:
+        """``w / h`` of each item, from the json (no image is read)."""
+        return [r.width / r.height for r in self._records]
+
+    @property
+    def coco(self):
+        """The ``pycocotools.coco.COCO`` object of ``ann_file`` (built on first use)."""
+        if self._coco is None:
+            from pycocotools.coco import COCO
+
+            with contextlib.redirect_stdout(io.StringIO()):
+                self._coco = COCO(str(self.ann_file))
+        return self._coco
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_coco"] = None  # do not ship the index to workers
+        return state
+
+    def instances(self, index: int) -> Instances:
+        """Ground truth of item ``index`` in the original image frame (reads no image)."""
+        r = self._records[index]
+        masks = None
+        if r.segmentations is not None:
+            masks = torch.from_numpy(self._decode_masks(r))
+        return Instances(
+            boxes=torch.from_numpy(r.boxes.copy()),
+            labels=torch.from_numpy(r.labels.copy()),
+            masks=masks,
+            ids=torch.from_numpy(r.ann_ids.copy()),
+        )
+
+    def _decode_masks(self, r: _Record) -> np.ndarray:
+        out = np.zeros((len(r.segmentations), r.height, r.width), dtype=bool)
+        for i, seg in enumerate(r.segmentations):
+            try:
+                out[i] = decode_segmentation(seg, r.height, r.width)
+            except (TypeError, ValueError, KeyError, IndexError) as exc:
+                raise ValueError(
+                    f"{self.ann_file}: annotation {int(r.ann_ids[i])}: cannot decode "
+                    f"'segmentation' ({exc})"
+                ) from None
+        return out
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        r = self._records[index]
+        image = read_image(r.path)
+        if image.shape[:2] != (r.height, r.width):
+            raise ValueError(
+                f"{r.path}: image is {image.shape[1]}x{image.shape[0]} but {self.ann_file} says "
+                f"{r.width}x{r.height} (image id {r.image_id})"
+            )
+        sample = {
+            "image": image,
+            "instances": self.instances(index),
+            "image_id": r.image_id,
+            "file_name": str(r.path),
+            "orig_size": (r.height, r.width),
+        }
+        return self.transforms(sample) if self.transforms is not None else sample
+
+    def __repr__(self) -> str:
+        return (
+            f"CocoDataset({self.ann_file.name}, mode={self.mode!r}, {len(self)} images, "
+            f"{len(self.cat_ids)} classes)"
+        )
+
+
+def decode_segmentation(seg: Any, height: int, width: int) -> np.ndarray:
+    """COCO ``segmentation`` (polygons, RLE, or compressed RLE) -> ``bool[height, width]``."""
+    if isinstance(seg, list):
+        if not seg:
+            return np.zeros((height, width), dtype=bool)
+        polys = [[float(v) for v in p] for p in seg]
+        if any(len(p) < 6 or len(p) % 2 for p in polys):
+            raise ValueError("polygons need an even number (>= 6) of coordinates")
+        rle = mask_utils.merge(mask_utils.frPyObjects(polys, height, width))
+    elif isinstance(seg, dict) and "counts" in seg and "size" in seg:
+        if list(seg["size"]) != [height, width]:
+            raise ValueError(f"RLE size {seg['size']} != image size {[height, width]}")
+        if isinstance(seg["counts"], list):
+            rle = mask_utils.frPyObjects(seg, height, width)
+        else:
+            counts = seg["counts"]
+            rle = {
+                "size": seg["size"],
+                "counts": counts.encode() if isinstance(counts, str) else counts,
+            }
+    else:
+        raise ValueError(f"expected polygons or RLE, got {type(seg).__name__}")
+    with warnings.catch_warnings():  # pycocotools' Masks.__array__ predates numpy 2's copy=
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return mask_utils.decode([rle])[:, :, 0].astype(bool)

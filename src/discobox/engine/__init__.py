@@ -1,0 +1,1 @@
+"""Training and evaluation engine: trainer, evaluator, checkpoints, distributed helpers, logging."""

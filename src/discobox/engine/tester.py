@@ -1,0 +1,60 @@
+"""Evaluation on the validation set (``discobox test`` and periodic evaluation in training)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..config import Config
+from ..data.build import build_test_dataset, build_test_loader_from_config
+from ..modeling.build import build_postprocessor
+from ..predict import predict_batch
+from . import distributed as du
+from .checkpoint import atomic_write_text
+from .evaluator import coco_evaluate, format_metrics, run_inference
+
+logger = logging.getLogger("discobox")
+
+
+def evaluate(
+    cfg: Config,
+    model: torch.nn.Module,
+    *,
+    device: torch.device,
+    format_only: bool = False,
+    results_path: str | Path | None = None,
+) -> dict[str, Any]:
+    """Run the model on ``data.val_json`` and return COCO bbox/segm metrics (percent).
+
+    With ``format_only`` no metrics are computed (e.g. test-dev without annotations); results are
+    written to ``results_path`` in COCO results format (RLE masks) when it is given.
+    """
+    dataset = build_test_dataset(cfg)
+    loader = build_test_loader_from_config(
+        cfg, dataset, rank=du.get_rank(), world_size=du.get_world_size()
+    )
+    post = build_postprocessor(cfg)
+    was_training = model.training
+    model.eval()
+    results = run_inference(
+        lambda b: predict_batch(model, post, b.to(device), amp=cfg.solver.amp),
+        loader,
+        dataset.label_to_cat_id,
+        total=len(loader),
+        desc="eval",
+    )
+    model.train(was_training)
+    metrics: dict[str, Any] = {}
+    if du.is_main_process():
+        if results_path is not None:
+            atomic_write_text(json.dumps(results), results_path)
+            logger.info("wrote %d detections to %s", len(results), results_path)
+        if not format_only:
+            metrics = coco_evaluate(dataset.coco, results, image_ids=dataset.image_ids,
+                                    cat_ids=dataset.cat_ids)
+            logger.info("evaluation on %s:\n%s", cfg.data.val_json, format_metrics(metrics))
+    return du.broadcast_object(metrics)

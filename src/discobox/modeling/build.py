@@ -1,0 +1,152 @@
+"""Config -> objects: the only place where config sections meet constructors.
+
+``build_model(cfg)`` builds the :class:`SOLOv2` network, ``build_criterion(cfg)`` the training
+losses, ``build_postprocessor(cfg)`` inference (METHOD.md §7), and ``load_model(weights)`` restores
+a trained model together with the config it was trained with.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from ..config import (
+    Config,
+    ConfigError,
+    apply_overrides,
+    config_from_dict,
+    load_config,
+    parse_cli_overrides,
+)
+from .backbone import build_backbone
+from .crf import CRFParams
+from .criterion import SOLOv2Criterion
+from .fpn import FPN
+from .head import SOLOv2Head
+from .mask_branch import MaskFeatHead
+from .postprocess import SOLOv2PostProcessor
+from .solov2 import SOLOv2
+
+logger = logging.getLogger("discobox")
+
+# FPN strides of the five head levels after SOLOv2's resizing of P2 / P6 (METHOD.md §2.5, §7).
+HEAD_STRIDES = (8, 8, 16, 32, 32)
+
+
+def build_model(cfg: Config) -> SOLOv2:
+    """SOLOv2 of ``cfg.model`` (METHOD.md §2)."""
+    m = cfg.model
+    b = m.backbone
+    backbone = build_backbone(name=b.name, dcn=b.dcn, weights=b.weights,
+                              frozen_stages=b.frozen_stages, norm_eval=b.norm_eval)
+    neck = FPN(in_channels=backbone.out_channels, out_channels=m.fpn_channels, num_outs=5)
+    head = SOLOv2Head(
+        num_classes=m.num_classes,
+        in_channels=m.fpn_channels,
+        seg_feat_channels=m.seg_feat_channels,
+        stacked_convs=m.stacked_convs,
+        kernel_out_channels=m.kernel_out_channels,
+        num_grids=m.num_grids,
+        use_dcn=m.dcn_head,
+    )
+    mask_head = MaskFeatHead(
+        in_channels=m.fpn_channels,
+        out_channels=m.mask_mid_channels,
+        num_outputs=m.kernel_out_channels,
+        use_dcn=m.dcn_head,
+    )
+    return SOLOv2(backbone=backbone, neck=neck, bbox_head=head, mask_feat_head=mask_head)
+
+
+def crf_params(cfg: Config) -> CRFParams:
+    c = cfg.crf
+    return CRFParams(iters=c.iters, kernel_size=c.kernel_size, alpha0=c.alpha0, theta0=c.theta0,
+                     theta1=c.theta1, base=c.base)
+
+
+def build_criterion(cfg: Config) -> SOLOv2Criterion:
+    """The loss module of ``cfg.loss`` / ``cfg.crf`` (METHOD.md §3.3, §4)."""
+    m, lo = cfg.model, cfg.loss
+    return SOLOv2Criterion(
+        num_classes=m.num_classes,
+        mode=lo.mode,
+        num_grids=m.num_grids,
+        scale_ranges=m.scale_ranges,
+        sigma=m.sigma,
+        focal_alpha=lo.focal_alpha,
+        focal_gamma=lo.focal_gamma,
+        cls_weight=lo.cls_weight,
+        proj_weight=lo.proj_weight,
+        ts_weight=lo.ts_weight,
+        mask_weight=lo.mask_weight,
+        pairwise_weight=lo.pairwise_weight,
+        use_pairwise=lo.pairwise,
+        crf_mode=cfg.crf.mode,
+        crf_params=crf_params(cfg),
+    )
+
+
+def build_postprocessor(cfg: Config) -> SOLOv2PostProcessor:
+    """Matrix-NMS inference of ``cfg.test`` (METHOD.md §7)."""
+    t = cfg.test
+    return SOLOv2PostProcessor(score_thr=t.score_thr, mask_thr=t.mask_thr, nms_pre=t.nms_pre,
+                               update_thr=t.update_thr, kernel=t.kernel, sigma=t.sigma,
+                               max_per_img=t.max_per_img, strides=HEAD_STRIDES)
+
+
+def _state_dict_of(obj: dict, path: Path) -> dict[str, torch.Tensor]:
+    for key in ("model", "state_dict"):
+        if isinstance(obj.get(key), dict):
+            return obj[key]
+    if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        return obj
+    raise RuntimeError(f"{path}: no model weights found (expected a 'model' or 'state_dict' key)")
+
+
+def load_model(
+    weights: str | Path,
+    *,
+    config: str | Path | Config | None = None,
+    overrides: list[str] | None = None,
+    strict: bool = True,
+) -> tuple[SOLOv2, Config]:
+    """Load a trained model and its config; returns ``(model in eval mode, cfg)``.
+
+    Args:
+        weights: a checkpoint written by ``discobox train`` (``model_*.pth``; holds the config)
+            or a bare / official ``state_dict`` (then ``config`` is required).
+        config: recipe name, YAML path or :class:`Config`; default: the checkpoint's own config.
+        overrides: dotted ``key=value`` overrides applied on top (e.g. ``test.score_thr=0.3``).
+        strict: fail on missing or unexpected keys, naming them.
+    """
+    from ..engine.checkpoint import load_checkpoint_file
+
+    path = Path(weights)
+    ckpt = load_checkpoint_file(path)
+    if isinstance(config, Config):
+        cfg = config
+    elif config is not None:
+        cfg = load_config(config)
+    elif isinstance(ckpt.get("config"), dict):
+        cfg = config_from_dict(ckpt["config"], source=str(path))
+    else:
+        raise ConfigError(f"{path} holds no config; pass one (a recipe name or YAML file)")
+    if overrides:
+        cfg = apply_overrides(cfg, parse_cli_overrides(list(overrides)))
+    # Never read backbone init weights when restoring a trained model.
+    cfg = cfg.replace(**{"model.backbone.weights": None})
+    model = build_model(cfg)
+    state = _state_dict_of(ckpt, path)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.endswith("num_batches_tracked")]
+    if strict and (missing or unexpected):
+        raise RuntimeError(
+            f"{path} does not match the model of this config: missing keys {missing[:8]}"
+            f"{' ...' if len(missing) > 8 else ''}, unexpected keys {unexpected[:8]}"
+            f"{' ...' if len(unexpected) > 8 else ''}"
+        )
+    model.eval()
+    return model, cfg
+

@@ -1,0 +1,87 @@
+"""End-to-end training on tiny synthetic data: checkpoints, exact resume, non-finite losses."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from helpers import tiny_overrides
+
+from discobox.config import load_config
+from discobox.engine import trainer as trainer_mod
+from discobox.engine.checkpoint import find_last_checkpoint, load_checkpoint_file
+
+
+def _cfg(tiny_coco, out, **extra):
+    return load_config(None, tiny_overrides(tiny_coco, out, **extra))
+
+
+def test_train_writes_checkpoint_with_full_state(tiny_coco, tmp_path):
+    cfg = _cfg(tiny_coco, tmp_path / "run")
+    result = trainer_mod.train(cfg)
+    assert result["iteration"] == 4
+    assert "segm/AP" in result and "bbox/AP" in result
+    ckpt = load_checkpoint_file(find_last_checkpoint(tmp_path / "run"))
+    assert ckpt["iteration"] == 4
+    for key in ("model", "optimizer", "scheduler", "scaler", "teacher", "gates", "rng", "config"):
+        assert key in ckpt, key
+    # teacher switched on at iteration 2 and is saved with the run (official code loses it)
+    assert ckpt["teacher"] is not None
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    records = [json.loads(x) for x in lines]
+    assert any("train/loss_proj" in r for r in records)
+    assert (tmp_path / "run" / "config.yaml").exists()
+
+
+def test_resumed_run_equals_uninterrupted_run(tiny_coco, tmp_path, monkeypatch):
+    full = _cfg(tiny_coco, tmp_path / "full")
+    trainer_mod.train(full)
+    ref = load_checkpoint_file(find_last_checkpoint(tmp_path / "full"))["model"]
+
+    # Second run: stop right after the checkpoint at iteration 2, as a kill would.
+    real_save = trainer_mod.save_checkpoint
+
+    def save_then_die(state, output_dir, iteration, **kw):
+        path = real_save(state, output_dir, iteration, **kw)
+        if iteration == 2:
+            raise KeyboardInterrupt
+        return path
+
+    part = _cfg(tiny_coco, tmp_path / "part")
+    monkeypatch.setattr(trainer_mod, "save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        trainer_mod.train(part)
+    monkeypatch.setattr(trainer_mod, "save_checkpoint", real_save)
+    assert load_checkpoint_file(find_last_checkpoint(tmp_path / "part"))["iteration"] == 2
+    trainer_mod.train(part, resume=True)
+    got = load_checkpoint_file(find_last_checkpoint(tmp_path / "part"))["model"]
+    assert ref.keys() == got.keys()
+    for k in ref:
+        torch.testing.assert_close(got[k], ref[k], rtol=0, atol=0, msg=k)
+
+
+def test_non_finite_loss_stops_with_iteration_and_terms(tiny_coco, tmp_path, monkeypatch):
+    cfg = _cfg(tiny_coco, tmp_path / "nan", **{"data.val_json": "null"})
+    real = trainer_mod.build_criterion
+
+    def nan_criterion(c):
+        crit = real(c)
+
+        def call(*args, **kwargs):
+            losses = crit(*args, **kwargs)
+            losses["loss_cls"] = losses["loss_cls"] * float("nan")
+            return losses
+
+        return call
+
+    monkeypatch.setattr(trainer_mod, "build_criterion", nan_criterion)
+    with pytest.raises(trainer_mod.NonFiniteLossError, match=r"iteration 1: .*loss_cls=nan"):
+        trainer_mod.train(cfg)
+
+
+def test_full_supervision_mode_trains(tiny_coco, tmp_path):
+    cfg = _cfg(tiny_coco, tmp_path / "full_mode", **{"loss.mode": "full", "solver.max_iter": 2,
+                                                      "solver.steps": "[]"})
+    result = trainer_mod.train(cfg)
+    assert result["iteration"] == 2

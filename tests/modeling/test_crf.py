@@ -1,0 +1,148 @@
+"""CRF pseudo-labels: the faithful official arithmetic and the true mean-field mode (§4.3)."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from discobox.modeling.crf import (
+    CRFParams,
+    color_kernel,
+    crf_pseudo_labels,
+    energy,
+    faithful_crf,
+    meanfield_crf,
+)
+
+
+def _two_region_image(h=12, w=12, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    img = torch.empty((3, h, w))
+    img[:, :, : w // 2] = torch.tensor([0.8, -0.4, 0.3]).view(3, 1, 1)
+    img[:, :, w // 2 :] = torch.tensor([-0.5, 0.6, -0.2]).view(3, 1, 1)
+    return img + 0.1 * torch.randn((3, h, w), generator=g)
+
+
+def _hard_vote(probs, box, image, *, iters=10, alpha0=2.0, theta0=0.5, theta1=30.0):
+    """Independent reference (§4.3 "Interpretation"): fg iff inside the box and the
+    colour-weighted vote sum_j K_j s_j > 0, s = +1 fg / -1 bg / 0 outside the image."""
+    img = image.double().numpy() + 10.0
+    box = box.numpy() > 0
+    lab = (probs.numpy() * box) > 0.5
+    h, w = lab.shape
+    for _ in range(iters):
+        new = np.zeros_like(lab)
+        for y in range(h):
+            for x in range(w):
+                if not box[y, x]:
+                    continue
+                vote = 0.0
+                for dy in (-1, 0, 1):
+                    for dx in (-1, 0, 1):
+                        yy, xx = y + dy, x + dx
+                        if not (0 <= yy < h and 0 <= xx < w):
+                            continue
+                        d2 = float(((img[:, yy, xx] - img[:, y, x]) ** 2).sum())
+                        k = alpha0 * math.exp(
+                            -d2 / (2 * theta0**2) - (dy**2 + dx**2) / (2 * theta1**2)
+                        )
+                        vote += k if lab[yy, xx] else -k
+                new[y, x] = vote > 0
+        lab = new
+    return torch.from_numpy(lab.astype(np.float32))
+
+
+def test_color_kernel_values():
+    img = torch.zeros((3, 4, 5))
+    img[0, 1, 2] = 1.0  # one pixel at colour distance 1 from its neighbours
+    k = color_kernel(img)
+    assert k.shape == (9, 4, 5) and k.dtype == torch.float32
+    torch.testing.assert_close(k[4], torch.full((4, 5), 2.0))  # centre term = alpha0
+    # offset (0, +1) of pixel (1, 1) is pixel (1, 2): 2 exp(-1/(2*0.25) - 1/1800)
+    assert float(k[5, 1, 1]) == pytest.approx(2 * math.exp(-2 - 1 / 1800), rel=1e-5)
+    assert float(k[8, 0, 0]) == pytest.approx(2 * math.exp(-2 / 1800), rel=1e-5)  # diagonal
+    # +10 shift: out-of-image neighbours get weight ~0
+    assert float(k[0, 0, 0]) == 0.0 and float(k[2, 3, 4]) < 1e-30
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_faithful_crf_equals_hard_colour_vote(seed):
+    g = torch.Generator().manual_seed(seed)
+    img = _two_region_image(seed=seed)
+    probs = torch.rand((2, 12, 12), generator=g)
+    box = torch.zeros((2, 12, 12))
+    box[0, 1:11, 2:12] = 1
+    box[1, 3:9, 0:8] = 1
+    got = faithful_crf(probs, box, color_kernel(img), iters=10)
+    assert got.shape == (2, 12, 12) and set(got.unique().tolist()) <= {0.0, 1.0}
+    for n in range(2):
+        ref = _hard_vote(probs[n], box[n], img, iters=10)
+        assert torch.equal(got[n], ref), f"object {n}: {(got[n] != ref).sum()} pixels differ"
+
+
+def test_faithful_crf_never_foreground_outside_box():
+    g = torch.Generator().manual_seed(3)
+    img = _two_region_image(seed=3)
+    probs = torch.ones((3, 12, 12))  # everything "foreground" before masking
+    box = torch.zeros((3, 12, 12))
+    box[:, 2:7, 3:9] = 1
+    cross = torch.rand((3, 2, 12, 12), generator=g)
+    for c in (None, cross):
+        y = faithful_crf(probs, box, color_kernel(img), cross_term=c)
+        assert float((y * (1 - box)).sum()) == 0.0
+        assert float(y.sum()) > 0
+
+
+def test_meanfield_energy_decreases():
+    g = torch.Generator().manual_seed(0)
+    img = torch.randn((3, 10, 12), generator=g) * 0.5
+    probs = torch.rand((2, 10, 12), generator=g)
+    box = torch.zeros((2, 10, 12))
+    box[0, 1:9, 2:11] = 1
+    box[1, 0:6, 0:7] = 1
+    kw = {"w_color": 2.0, "theta_color": 0.5, "w_spatial": 0.5, "theta_spatial": 1.0}
+    energies = []
+    for iters in range(7):
+        q = meanfield_crf(probs, box, img, iters=iters, **kw)
+        assert q.min() >= 0 and q.max() <= 1 and float((q * (1 - box)).sum()) == 0
+        energies.append(energy(q, probs, box, img, **kw))
+    e = torch.stack(energies)  # [iters, N]
+    assert (e[1:] <= e[:-1] + 1e-4).all(), e
+    assert (e[-1] < e[0] - 1e-2).all()  # and it actually moves
+    # dilated neighbourhood (3 x 3 colour classes) also descends
+    q0 = meanfield_crf(probs, box, img, iters=0, dilation=2, **kw)
+    q3 = meanfield_crf(probs, box, img, iters=3, dilation=2, **kw)
+    e0 = energy(q0, probs, box, img, dilation=2, **kw)
+    e3 = energy(q3, probs, box, img, dilation=2, **kw)
+    assert (e3 <= e0 + 1e-4).all()
+
+
+def test_meanfield_follows_colour_regions():
+    img = _two_region_image(h=10, w=12, seed=4)
+    probs = torch.full((1, 10, 12), 0.45)
+    probs[0, :, :6] = 0.7  # weakly fg on the left colour region, weakly bg on the right
+    box = torch.ones((1, 10, 12))
+    q = meanfield_crf(probs, box, img, iters=5, w_color=1.0)
+    assert float(q[0, :, :6].min()) > 0.9 and float(q[0, :, 6:].max()) < 0.2
+    par = meanfield_crf(probs, box, img, iters=5, w_color=1.0, schedule="parallel")
+    assert par.shape == q.shape and torch.isfinite(par).all()
+    with pytest.raises(ValueError):
+        meanfield_crf(probs, box, img, schedule="random")
+
+
+def test_crf_pseudo_labels_modes():
+    img = _two_region_image()
+    probs = torch.rand((2, 12, 12), generator=torch.Generator().manual_seed(5))
+    box = torch.zeros((2, 12, 12))
+    box[:, 2:10, 2:10] = 1
+    hard = crf_pseudo_labels(probs, box, img, mode="faithful")
+    torch.testing.assert_close(hard, faithful_crf(probs, box, color_kernel(img)))
+    soft = crf_pseudo_labels(probs, box, img, mode="meanfield", params=CRFParams(iters=3))
+    torch.testing.assert_close(soft, meanfield_crf(probs, box, img, iters=3))
+    cross = torch.rand((2, 2, 12, 12))
+    assert torch.isfinite(
+        crf_pseudo_labels(probs, box, img, mode="meanfield", cross_term=cross)
+    ).all()
+    with pytest.raises(ValueError):
+        crf_pseudo_labels(probs, box, img, mode="dense")

@@ -1,0 +1,88 @@
+import pytest
+
+from discobox.config import (
+    Config,
+    ConfigError,
+    available_recipes,
+    config_from_dict,
+    load_config,
+    parse_cli_overrides,
+)
+
+SEED_RECIPES = [
+    "discobox_r50_fpn_3x_coco",
+    "discobox_r101_dcn_fpn_3x_coco",
+    "discobox_x101_dcn_fpn_3x_coco",
+    "discobox_r50_fpn_6x_voc",
+    "discobox_r101_fpn_6x_voc",
+]
+
+
+def test_defaults_are_the_paper_r50_recipe():
+    cfg = Config()
+    assert cfg.solver.lr == 0.01 and cfg.solver.steps == (33, 35) and cfg.solver.epochs == 36
+    assert cfg.model.num_grids == (40, 36, 24, 16, 12)
+    assert cfg.test.mask_thr == 0.4 and cfg.test.nms_pre == 500
+    assert cfg.loss.mode == "box" and cfg.crf.mode == "faithful"
+    assert cfg.teacher.momentum == 0.999 and cfg.teacher.start_iter == 13000
+
+
+@pytest.mark.parametrize("name", SEED_RECIPES)
+def test_seed_recipes_load_in_box_mode(name):
+    assert name in available_recipes()
+    cfg = load_config(name)
+    assert cfg.loss.mode == "box"
+
+
+def test_recipe_specifics():
+    voc = load_config("discobox_r50_fpn_6x_voc")
+    assert voc.model.num_classes == 20 and len(voc.data.class_names) == 20
+    assert voc.test.mask_thr == 0.5 and voc.solver.warmup_ratio == 0.001
+    assert voc.solver.steps == (54, 66)
+    x101 = load_config("discobox_x101_dcn_fpn_3x_coco")
+    assert x101.model.backbone.dcn and x101.model.dcn_head
+    assert len(x101.data.train_scales) == 6
+
+
+def test_overrides_and_yaml_values():
+    cfg = load_config(None, ["solver.lr=0.02", "data.train_scales=[[512,320]]", "loss.mode=full"])
+    assert cfg.solver.lr == 0.02
+    assert cfg.data.train_scales == ((512, 320),)
+    assert cfg.loss.mode == "full"
+    assert parse_cli_overrides(["a.b=null"]) == {"a.b": None}
+
+
+@pytest.mark.parametrize(
+    "override,expected",
+    [
+        ("solver.lrr=1", "did you mean 'solver.lr'"),
+        ("modle.num_classes=3", "did you mean 'model'"),
+        ("crf.mode=bogus", "must be one of"),
+        ("solver.lr=abc", "'solver.lr' must be a number"),
+        ("solver.lr", "not KEY=VALUE"),
+        ("model.num_grids=[1,2]", None),
+    ],
+)
+def test_bad_overrides_name_the_key(override, expected):
+    if expected is None:
+        assert load_config(None, [override]).model.num_grids == (1, 2)
+        return
+    with pytest.raises(ConfigError, match=expected):
+        load_config(None, [override])
+
+
+def test_bad_yaml_file_names_the_file(tmp_path):
+    p = tmp_path / "bad.yaml"
+    p.write_text("solver:\n  lr_typo: 1\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml.*solver.lr_typo"):
+        load_config(p)
+
+
+def test_unknown_recipe_suggests():
+    with pytest.raises(ConfigError, match="did you mean 'discobox_r50_fpn_3x_coco'"):
+        load_config("discobox_r50_fpn_3x_cocoo")
+
+
+def test_round_trip_through_dict():
+    cfg = load_config("discobox_r101_dcn_fpn_3x_coco", ["solver.max_iter=10"])
+    assert config_from_dict(cfg.to_dict()) == cfg
