@@ -13,6 +13,8 @@ import os
 import sys
 from collections.abc import Sequence
 
+from .pseudo_label import register as register_pseudo_label
+
 
 def _add_overrides(p: argparse.ArgumentParser) -> None:
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
@@ -126,6 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--score-thr", type=float, default=0.3, help="minimum score drawn")
     p.add_argument("--set", dest="overrides", nargs="*", default=[], metavar="KEY=VALUE")
     p.set_defaults(func=cmd_predict)
+
+    register_pseudo_label(sub)
 
     p = sub.add_parser("recipes", help="list the built-in recipes")
     p.add_argument("--show", default=None, help="print one recipe's resolved config")

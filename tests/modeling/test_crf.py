@@ -146,3 +146,23 @@ def test_crf_pseudo_labels_modes():
     ).all()
     with pytest.raises(ValueError):
         crf_pseudo_labels(probs, box, img, mode="dense")
+
+
+@pytest.mark.parametrize("mode", ["faithful", "meanfield"])
+def test_per_box_crop_equals_whole_image(mode):
+    """Cropping each object to its box + window radius changes nothing (only the cost)."""
+    g = torch.Generator().manual_seed(0)
+    n, h, w = 6, 40, 56
+    image = torch.randn(3, h, w, generator=g)
+    probs = torch.rand(n, h, w, generator=g)
+    boxes = torch.zeros(n, h, w)
+    for i, (y0, y1, x0, x1) in enumerate(
+        [(0, 10, 0, 12), (5, 39, 3, 20), (20, 40, 40, 56), (13, 14, 9, 30), (2, 30, 2, 54),
+         (30, 31, 50, 51)]
+    ):
+        boxes[i, y0:y1, x0:x1] = 1
+    cross = torch.rand(n, 2, h, w, generator=g)
+    for ct in (None, cross):
+        whole = crf_pseudo_labels(probs, boxes, image, mode=mode, crop=False, cross_term=ct)
+        cropped = crf_pseudo_labels(probs, boxes, image, mode=mode, crop=True, cross_term=ct)
+        torch.testing.assert_close(cropped, whole, atol=1e-6, rtol=0)

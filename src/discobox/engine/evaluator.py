@@ -105,7 +105,7 @@ def coco_evaluate(
             ev.evaluate()
             ev.accumulate()
             ev.summarize()
-        logger.info("COCO %s evaluation:\n%s", iou_type, buf.getvalue().rstrip())
+        logger.debug("COCO %s evaluation:\n%s", iou_type, buf.getvalue().rstrip())
         stats = [max(float(s), 0.0) * 100.0 for s in ev.stats[:6]]
         metrics.update({f"{iou_type}/{n}": round(v, 3) for n, v in zip(METRIC_NAMES, stats)})
     return metrics

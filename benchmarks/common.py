@@ -1,0 +1,41 @@
+"""Shared helpers of the benchmark scripts (paths of ../shared/data, markdown tables)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "benchmarks" / "out"
+
+
+def shared_data() -> Path:
+    env = os.environ.get("DISCOBOX_SHARED_DATA")
+    return Path(env) if env else ROOT.parent / "shared" / "data"
+
+
+def dataset_overrides(name: str) -> list[str]:
+    """Data keys of one ``../shared/data`` set (or a folder with train.json/val.json/images)."""
+    root = Path(name) if Path(name).is_dir() else shared_data() / name
+    if not (root / "train.json").is_file():
+        raise SystemExit(f"{root}: no train.json (is ../shared/data present?)")
+    cats = json.loads((root / "train.json").read_text())["categories"]
+    names = [c["name"] for c in sorted(cats, key=lambda c: c["id"])]
+    return [
+        f"model.num_classes={len(names)}",
+        f"data.class_names={json.dumps(names)}",
+        f"data.train_json={root / 'train.json'}",
+        f"data.train_images={root / 'images'}",
+        f"data.val_json={root / 'val.json'}",
+        f"data.val_images={root / 'images'}",
+    ]
+
+
+def markdown_table(header: list[str], rows: list[list[object]]) -> str:
+    def fmt(v: object) -> str:
+        return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)

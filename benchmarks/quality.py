@@ -1,0 +1,96 @@
+"""Box vs full supervision on one data set: one training run per variant, same recipe/schedule.
+
+    python benchmarks/quality.py --dataset droplets --iters 300
+
+Variants (METHOD.md §4): ``full`` (dice on GT masks, the upper bound), ``proj`` (projection loss
+only, no teacher), ``faithful`` (official hard colour-vote CRF teacher), ``meanfield`` (soft
+mean-field CRF teacher), ``pairwise`` (projection + BoxInst pairwise term). Each run lives in
+``benchmarks/out/quality/<dataset>/<variant>`` and resumes if interrupted; finished runs are
+reused. Writes ``benchmarks/out/quality_<dataset>.json`` and prints a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from common import OUT, dataset_overrides, markdown_table
+
+VARIANTS = {
+    "full": ["loss.mode=full", "crf.mode=none"],
+    "proj": ["loss.mode=box", "crf.mode=none"],
+    "faithful": ["loss.mode=box", "crf.mode=faithful"],
+    "meanfield": ["loss.mode=box", "crf.mode=meanfield"],
+    "pairwise": ["loss.mode=box", "crf.mode=none", "loss.pairwise=true"],
+}
+
+
+def schedule(iters: int, scale: int, batch: int) -> list[str]:
+    return [
+        f"solver.max_iter={iters}",
+        f"solver.steps=[{int(iters * 0.8)},{int(iters * 0.93)}]",
+        f"solver.warmup_iters={max(1, iters // 6)}",
+        f"teacher.start_iter={iters // 3}",
+        f"data.train_scales=[[{2 * scale},{scale}]]",
+        f"data.test_scale=[{2 * scale},{scale}]",
+        f"data.batch_size={batch}",
+        "data.num_workers=1",
+        f"train.checkpoint_period={max(50, iters // 6)}",
+        "train.eval_period=0",
+        "train.tensorboard=false",
+    ]
+
+
+def mean_sec_per_iter(run: Path) -> float:
+    vals = []
+    for line in (run / "metrics.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        if "train/sec_per_iter" in rec:
+            vals.append(rec["train/sec_per_iter"])
+    vals = vals[1:] or vals  # the first window includes start-up
+    return sum(vals) / max(1, len(vals))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--dataset", default="droplets")
+    ap.add_argument("--iters", type=int, default=300)
+    ap.add_argument("--scale", type=int, default=320, help="short side (long side = 2x)")
+    ap.add_argument("--batch", type=int, default=2)
+    ap.add_argument("--variants", default="full,proj,faithful,meanfield")
+    ap.add_argument("--recipe", default="discobox_r18_fpn_cpu")
+    ap.add_argument("--tag", default="", help="suffix of the output folder")
+    args = ap.parse_args()
+    name = Path(args.dataset).name + args.tag
+    base = OUT / "quality" / name
+    results = {}
+    for variant in args.variants.split(","):
+        run = base / variant
+        final = run / "metrics_final.json"
+        if not final.is_file():
+            cmd = [sys.executable, "-m", "discobox", "train", args.recipe, "--output-dir",
+                   str(run), "--resume", *dataset_overrides(args.dataset),
+                   *schedule(args.iters, args.scale, args.batch), *VARIANTS[variant]]
+            print("$", " ".join(cmd), flush=True)
+            subprocess.run(cmd, check=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        m = json.loads(final.read_text())
+        results[variant] = {**m, "sec_per_iter": mean_sec_per_iter(run)}
+    full_ap = results.get("full", {}).get("segm/AP")
+    rows = []
+    for v, m in results.items():
+        ratio = m["segm/AP"] / full_ap if full_ap else float("nan")
+        rows.append([v, m["segm/AP"], m["segm/AP50"], m["segm/AP75"], m["bbox/AP"],
+                     ratio, m["sec_per_iter"]])
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / f"quality_{name}.json").write_text(json.dumps(
+        {"args": vars(args), "results": results}, indent=2))
+    print(markdown_table(["variant", "mask AP", "AP50", "AP75", "box AP", "mask AP / full",
+                          "s/iter"], rows))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,96 @@
+"""Box-conditioned inference (METHOD.md §8.1 reconstruction)."""
+
+import torch
+import torch.nn.functional as F
+
+from discobox.modeling.box_conditioned import (
+    SOURCE_BOX,
+    SOURCE_CELL,
+    SOURCE_NEIGHBOUR,
+    BoxConditionedInference,
+    box_region,
+    paste_matrix,
+)
+from discobox.modeling.outputs import HeadOutput
+from discobox.modeling.targets import assign_best_targets
+from discobox.structures import Instances
+
+
+def test_box_region_floor_ceil_clip():
+    boxes = torch.tensor([[2.5, 3.0, 7.5, 9.0], [-4.0, -1.0, 3.2, 2.0], [50.0, 0.0, 60.0, 5.0]])
+    regions = box_region(boxes, 20, 40)
+    assert regions.tolist() == [[2, 3, 8, 9], [0, 0, 4, 2], [40, 0, 40, 5]]
+
+
+def test_matrix_paste_equals_interpolate_chain():
+    # §7 step 10: x4 to the padded size, crop to the resized image, resize to the original.
+    torch.manual_seed(0)
+    soft = torch.rand(2, 8, 10)
+    h_img, w_img, H0, W0 = 30, 37, 61, 75
+    up = F.interpolate(soft[None], size=(32, 40), mode="bilinear", align_corners=False)
+    ref = F.interpolate(up[:, :, :h_img, :w_img], size=(H0, W0), mode="bilinear",
+                        align_corners=False)[0]
+    R, C = paste_matrix(8, h_img, H0), paste_matrix(10, w_img, W0)
+    torch.testing.assert_close(R @ soft @ C.T, ref, atol=1e-5, rtol=0)
+    torch.testing.assert_close(R[5:20] @ soft[1] @ C[3:50].T, ref[1, 5:20, 3:50], atol=1e-5,
+                               rtol=0)
+
+
+def test_select_cells_equals_best_target_single():
+    boxes = torch.tensor([[3.0, 4.0, 20.0, 15.0], [10.0, 10.0, 90.0, 60.0], [0.0, 0.0, 128.0,
+                                                                             96.0],
+                          [60.5, 30.2, 70.1, 95.9]])
+    grids = (12, 10, 8, 6, 4)
+    ranges = ((1, 96), (48, 192), (96, 384), (192, 768), (384, 2048))
+    padded = (96, 128)
+    level, rows, cols = BoxConditionedInference(scale_ranges=ranges).select_cells(
+        boxes, padded_size=padded, num_grids=grids
+    )
+    ref = assign_best_targets(
+        [Instances(boxes=boxes, labels=torch.zeros(4, dtype=torch.long))],
+        padded_size=padded, num_classes=1, num_grids=grids, scale_ranges=ranges,
+    )
+    for n in range(4):
+        lt = ref[int(level[n])]
+        k = (lt.gt_index == n).nonzero().flatten()
+        assert k.numel() == 1
+        assert int(lt.grid_index[k]) == int(rows[n]) * grids[int(level[n])] + int(cols[n])
+
+
+def _head_output(center_value: float, neighbour_value: float) -> HeadOutput:
+    """One level with a 4x4 grid, E = 1, mask_feat = 1: a cell's mask logit is its kernel."""
+    kernels = torch.zeros(1, 1, 4, 4)
+    cate = torch.full((1, 2, 4, 4), -5.0)
+    kernels[0, 0, 1, 1] = center_value
+    kernels[0, 0, 1, 2] = neighbour_value
+    cate[0, 1, 1, 1] = 2.0
+    cate[0, 1, 1, 2] = 1.0
+    return HeadOutput(cate_logits=[cate], kernels=[kernels], mask_feat=torch.ones(1, 1, 8, 8),
+                      p2=torch.zeros(1, 1, 8, 8), images=torch.zeros(1, 3, 32, 32))
+
+
+def _run(out: HeadOutput, label: int = 1):
+    infer = BoxConditionedInference(mask_thr=0.5, scale_ranges=((1, 2048),), chunk_size=1)
+    box = torch.tensor([[8.0, 8.0, 16.0, 16.0]])  # centre (11.5, 11.5) -> cell (1, 1) of 4
+    (chunk,) = list(infer(out, 0, boxes=box, labels=torch.tensor([label]), image_size=(32, 32),
+                          orig_size=(32, 32)))
+    return chunk
+
+
+def test_centre_cell_mask_and_score():
+    chunk = _run(_head_output(5.0, -5.0))
+    assert int(chunk.source[0]) == SOURCE_CELL
+    assert chunk.regions[0].tolist() == [8, 8, 16, 16]
+    assert chunk.crops[0].shape == (8, 8) and bool(chunk.crops[0].all())
+    torch.testing.assert_close(chunk.scores[0], torch.sigmoid(torch.tensor(2.0)))
+    unknown = _run(_head_output(5.0, -5.0), label=-1)  # best class at the cell
+    torch.testing.assert_close(unknown.scores[0], torch.sigmoid(torch.tensor(2.0)))
+
+
+def test_empty_mask_falls_back_to_neighbour_then_box():
+    chunk = _run(_head_output(-5.0, 5.0))
+    assert int(chunk.source[0]) == SOURCE_NEIGHBOUR
+    torch.testing.assert_close(chunk.scores[0], torch.sigmoid(torch.tensor(1.0)))
+    chunk = _run(_head_output(-5.0, -5.0))
+    assert int(chunk.source[0]) == SOURCE_BOX
+    assert bool(chunk.crops[0].all())

@@ -1,0 +1,243 @@
+"""``discobox pseudo-label``: box / GrabCut / model pseudo-masks, bad input, CLI, atomic write."""
+
+import contextlib
+import io
+import json
+import math
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from pycocotools import mask as mask_utils
+from pycocotools.coco import COCO
+
+import discobox.pseudo_label as pl
+from discobox.cli import main
+from discobox.config import load_config
+from discobox.engine.evaluator import encode_mask
+from discobox.modeling.build import build_model
+from discobox.pseudo_label import box_masks, grabcut_mask, pseudo_label
+from helpers import tiny_overrides
+
+
+@pytest.fixture(scope="module")
+def tiny_weights(tiny_coco, tmp_path_factory) -> Path:
+    """A randomly initialised tiny model saved as ``{"model", "config"}``."""
+    out = tmp_path_factory.mktemp("pl_model")
+    cfg = load_config("discobox_r18_fpn_cpu", tiny_overrides(tiny_coco, out))
+    torch.manual_seed(0)
+    path = out / "tiny.pth"
+    torch.save({"model": build_model(cfg).state_dict(), "config": cfg.to_dict()}, path)
+    return path
+
+
+def _load_coco(path: Path) -> COCO:
+    with contextlib.redirect_stdout(io.StringIO()):
+        return COCO(str(path))
+
+
+def _region(bbox, h, w):
+    x, y, bw, bh = bbox
+    return (max(math.floor(x), 0), max(math.floor(y), 0), min(math.ceil(x + bw), w),
+            min(math.ceil(y + bh), h))
+
+
+def _check_output(src: Path, out: Path) -> COCO:
+    """One RLE per input annotation, same ids, image size, zero outside the box."""
+    data_in, data_out = json.loads(src.read_text()), json.loads(out.read_text())
+    assert data_out["images"] == data_in["images"]
+    assert data_out["categories"] == data_in["categories"]
+    assert len(data_out["annotations"]) == len(data_in["annotations"])
+    coco = _load_coco(out)  # round trip through pycocotools
+    sizes = {im["id"]: (im["height"], im["width"]) for im in data_in["images"]}
+    for a, b in zip(data_in["annotations"], data_out["annotations"]):
+        for key in ("id", "image_id", "category_id", "bbox"):
+            assert a.get(key) == b.get(key)
+        seg = b["segmentation"]
+        assert isinstance(seg["counts"], str)
+        h, w = sizes[b["image_id"]]
+        mask = coco.annToMask(b).astype(bool)
+        assert mask.shape == (h, w)
+        assert int(mask.sum()) == b["area"]
+        if mask.any():
+            x0, y0, x1, y1 = _region(b["bbox"], h, w)
+            inside = np.zeros_like(mask)
+            inside[y0:y1, x0:x1] = True
+            assert not (mask & ~inside).any()
+    return coco
+
+
+def test_box_method_iou_by_hand(tmp_path):
+    h, w = 40, 40
+    cv2.imwrite(str(tmp_path / "a.png"), np.zeros((h, w, 3), np.uint8))
+    gt_a = np.zeros((h, w), bool)
+    gt_a[10:20, 10:20] = True  # 100 px inside the 20 x 10 box [10, 10, 20, 10]: IoU 0.5
+    gt_b = np.zeros((h, w), bool)
+    gt_b[25:35, 2:8] = True  # exactly the pixels box [2.5, 25, 5, 10] touches: IoU 1
+    data = {
+        "images": [{"id": 7, "file_name": "a.png", "height": h, "width": w}],
+        "categories": [{"id": 3, "name": "thing"}],
+        "annotations": [
+            {"id": 1, "image_id": 7, "category_id": 3, "bbox": [10, 10, 20, 10], "iscrowd": 0,
+             "area": 100, "segmentation": encode_mask(gt_a)},
+            {"id": 2, "image_id": 7, "category_id": 3, "bbox": [2.5, 25, 5, 10], "iscrowd": 0,
+             "area": 60, "segmentation": encode_mask(gt_b)},
+        ],
+    }
+    src, out = tmp_path / "boxes.json", tmp_path / "out.json"
+    src.write_text(json.dumps(data))
+    summary = pseudo_label(boxes_json=src, images_dir=tmp_path, out_json=out, method="box",
+                           evaluate=True, progress=False)
+    assert summary["labelled"] == 2 and summary["num_evaluated"] == 2
+    assert summary["mean_iou"] == pytest.approx((0.5 + 1.0) / 2)
+    assert summary["segm/AP50"] == pytest.approx(100.0)
+    coco = _check_output(src, out)
+    expected = box_masks(np.array([[10, 10, 30, 20], [2.5, 25, 7.5, 35]]), h, w).numpy()
+    assert expected[0].sum() == 200 and (expected[1] == gt_b).all()
+    for k, ann in enumerate(json.loads(out.read_text())["annotations"]):
+        assert (coco.annToMask(ann).astype(bool) == expected[k]).all()
+
+
+def test_grabcut_mask_confined_and_fallbacks():
+    img = np.full((48, 48, 3), 30, np.uint8)
+    cv2.circle(img, (24, 24), 9, (220, 200, 40), -1)
+    mask, ok = grabcut_mask(img, [10, 10, 38, 38])
+    assert ok and mask.shape == (48, 48) and mask[24, 24]
+    assert not mask[:10].any() and not mask[:, 38:].any()
+    assert mask.sum() < 28 * 28  # the corners of the box are background
+    filled, ok = grabcut_mask(img, [5, 5, 6.5, 20])  # under 2 px wide
+    assert not ok and filled.sum() == 2 * 15
+    filled, ok = grabcut_mask(img, [0, 0, 48, 48])  # no background pixels: OpenCV raises
+    assert not ok and filled.all()
+
+
+def test_grabcut_method_on_tiny_coco(tiny_coco, tmp_path):
+    out = tmp_path / "grabcut.json"
+    summary = pseudo_label(boxes_json=tiny_coco / "val.json", images_dir=tiny_coco / "images",
+                           out_json=out, method="grabcut", evaluate=True, progress=False)
+    assert summary["labelled"] == summary["boxes"] > 0
+    assert summary["num_evaluated"] == summary["boxes"] and 0 < summary["mean_iou"] <= 1
+    _check_output(tiny_coco / "val.json", out)
+
+
+def test_model_method_round_trip_and_chunks(tiny_coco, tiny_weights, tmp_path):
+    src = tiny_coco / "val.json"
+    outs = []
+    for chunk in (64, 1):
+        out = tmp_path / f"model_{chunk}.json"
+        summary = pseudo_label(boxes_json=src, images_dir=tiny_coco / "images", out_json=out,
+                               weights=tiny_weights, device="cpu", evaluate=True,
+                               chunk_size=chunk, progress=False)
+        assert summary["labelled"] == summary["boxes"] > 0
+        assert sum(summary["skipped"].values()) == 0 and summary["unknown_category"] == 0
+        assert summary["num_evaluated"] == summary["boxes"]
+        assert summary["mean_iou"] is not None and "segm/AP" in summary
+        _check_output(src, out)
+        outs.append(json.loads(out.read_text())["annotations"])
+    assert outs[0] == outs[1]  # chunking does not change the result
+
+
+def _bad_input(tiny_coco: Path, tmp_path: Path) -> tuple[Path, dict]:
+    data = json.loads((tiny_coco / "val.json").read_text())
+    img = data["images"][0]
+    iid, h, w = img["id"], img["height"], img["width"]
+    data["categories"].append({"id": 99, "name": "not_in_model"})
+    next_id = max(a["id"] for a in data["annotations"]) + 1
+    extra = [
+        {"bbox": [10, 10, 0, 5], "category_id": 1},  # zero area
+        {"bbox": [w - 10, h - 8, 30, 30], "category_id": 2},  # partly outside: clipped
+        {"bbox": [w + 5, 0, 10, 10], "category_id": 2},  # outside the image
+        {"bbox": [1, 2, float("nan"), 4], "category_id": 2},  # not finite
+        {"bbox": [20, 20, 30, 30], "category_id": 99},  # category not in the model
+    ]
+    for k, a in enumerate(extra):
+        a.update({"id": next_id + k, "image_id": iid, "iscrowd": 0})  # no segmentation
+    data["images"].append({"id": 999, "file_name": "missing.png", "height": 96, "width": 96})
+    extra.append({"id": next_id + 10, "image_id": 999, "category_id": 1, "bbox": [5, 5, 20, 20],
+                  "iscrowd": 0})
+    data["annotations"].extend(extra)
+    src = tmp_path / "bad.json"
+    src.write_text(json.dumps(data).replace("NaN", '"nan"'))  # strict json; float() parses it
+    return src, data
+
+
+def test_bad_input_is_counted_and_the_rest_written(tiny_coco, tiny_weights, tmp_path):
+    src, data = _bad_input(tiny_coco, tmp_path)
+    out = tmp_path / "out.json"
+    summary = pseudo_label(boxes_json=src, images_dir=tiny_coco / "images", out_json=out,
+                           weights=tiny_weights, device="cpu", evaluate=True, chunk_size=2,
+                           progress=False)
+    assert summary["skipped"] == {"invalid_box": 1, "zero_area": 1, "outside_image": 1,
+                                  "missing_image": 1, "size_mismatch": 0}
+    assert summary["clipped"] == 1 and summary["unknown_category"] == 1
+    assert summary["images_skipped"] == 1
+    assert summary["labelled"] == summary["boxes"] - 4
+    assert summary["no_gt_mask"] == 2  # the clipped box and the unknown-category box
+    assert summary["num_evaluated"] == summary["boxes"] - 6
+    _check_output(src, out)
+    anns = {a["id"]: a for a in json.loads(out.read_text())["annotations"]}
+    missing = anns[max(anns)]
+    assert missing["area"] == 0 and missing["segmentation"]["size"] == [96, 96]
+    # the same input through the box method: same counts, filled (clipped) boxes elsewhere
+    summary = pseudo_label(boxes_json=src, images_dir=tiny_coco / "images", out_json=out,
+                           method="box", progress=False)
+    assert sum(summary["skipped"].values()) == 4 and summary["clipped"] == 1
+    clipped = json.loads(out.read_text())["annotations"][len(data["annotations"]) - 5]
+    img = data["images"][0]
+    assert clipped["area"] == 10 * 8 and mask_utils.area(
+        {**clipped["segmentation"], "counts": clipped["segmentation"]["counts"].encode()}
+    ) == 80 and [img["height"], img["width"]] == clipped["segmentation"]["size"]
+
+
+def test_structural_errors(tmp_path):
+    src = tmp_path / "x.json"
+    src.write_text(json.dumps({"images": [{"id": 1, "file_name": "a.png", "height": 4,
+                                           "width": 4}],
+                               "annotations": [{"id": 5, "image_id": 2, "bbox": [0, 0, 1, 1]}]}))
+    with pytest.raises(ValueError, match="annotation 5"):
+        pseudo_label(boxes_json=src, images_dir=tmp_path, out_json=tmp_path / "o.json",
+                     method="box", progress=False)
+    with pytest.raises(ValueError, match="--weights"):
+        pseudo_label(boxes_json=src, images_dir=tmp_path, out_json=tmp_path / "o.json",
+                     progress=False)
+    assert not (tmp_path / "o.json").exists()
+
+
+def test_cli_end_to_end(tiny_coco, tiny_weights, tmp_path, capsys):
+    out, summary = tmp_path / "cli.json", tmp_path / "summary.json"
+    rc = main(["pseudo-label", "--boxes", str(tiny_coco / "val.json"), "--images",
+               str(tiny_coco / "images"), "--out", str(out), "--weights", str(tiny_weights),
+               "--device", "cpu", "--evaluate", "--no-progress", "--chunk-size", "8",
+               "--batch-size", "2", "--summary-out", str(summary), "--set", "test.mask_thr=0.5"])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "mean IoU" in text and "segm AP" in text
+    assert json.loads(summary.read_text())["labelled"] > 0
+    _check_output(tiny_coco / "val.json", out)
+    rc = main(["pseudo-label", "--boxes", str(tiny_coco / "val.json"), "--images",
+               str(tiny_coco / "images"), "--out", str(tmp_path / "x.json")])
+    assert rc == 2 and "--weights" in capsys.readouterr().err
+
+
+def test_output_written_atomically(tiny_coco, tmp_path, monkeypatch):
+    out = tmp_path / "out.json"
+    kwargs = dict(boxes_json=tiny_coco / "val.json", images_dir=tiny_coco / "images",
+                  out_json=out, method="box", progress=False)
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    with monkeypatch.context() as m:
+        m.setattr(pl.json, "dumps", boom)
+        with pytest.raises(RuntimeError):
+            pseudo_label(**kwargs)
+    assert not out.exists()
+    out.write_text("previous")
+    with monkeypatch.context() as m:  # fail after the text is written, before the rename
+        m.setattr("discobox.engine.checkpoint.os.fsync", boom)
+        with pytest.raises(RuntimeError):
+            pseudo_label(**kwargs)
+    assert out.read_text() == "previous"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.json"]  # no temp file left
