@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# One thread: the test inputs are tiny, and intra-op threads only add overhead (and spin
+# badly when the machine is busy).
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

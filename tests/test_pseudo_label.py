@@ -10,6 +10,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from helpers import tiny_overrides
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
@@ -19,7 +20,15 @@ from discobox.config import load_config
 from discobox.engine.evaluator import encode_mask
 from discobox.modeling.build import build_model
 from discobox.pseudo_label import box_masks, grabcut_mask, pseudo_label
-from helpers import tiny_overrides
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny convolutions run faster on one thread than on two contended ones."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -137,6 +146,47 @@ def test_model_method_round_trip_and_chunks(tiny_coco, tiny_weights, tmp_path):
         _check_output(src, out)
         outs.append(json.loads(out.read_text())["annotations"])
     assert outs[0] == outs[1]  # chunking does not change the result
+
+
+def test_hundreds_of_boxes_are_processed_in_chunks(tiny_coco, tiny_weights, tmp_path,
+                                                   monkeypatch):
+    import discobox.modeling.box_conditioned as bc
+
+    data = json.loads((tiny_coco / "val.json").read_text())
+    img = data["images"][0]
+    rng = np.random.default_rng(0)
+    xy = rng.uniform(0, 80, size=(300, 2))
+    wh = rng.uniform(2, 40, size=(300, 2))
+    data["annotations"] = [
+        {"id": k + 1, "image_id": img["id"], "category_id": int(k % 6) + 1, "iscrowd": 0,
+         "bbox": [float(v) for v in (*xy[k], *wh[k])]}
+        for k in range(300)
+    ]
+    src, out = tmp_path / "many.json", tmp_path / "many_out.json"
+    src.write_text(json.dumps(data))
+    sizes = []
+    real = bc.dynamic_mask_logits
+    monkeypatch.setattr(bc, "dynamic_mask_logits",
+                        lambda k, f: sizes.append(k.shape[0]) or real(k, f))
+    summary = pseudo_label(boxes_json=src, images_dir=tiny_coco / "images", out_json=out,
+                           weights=tiny_weights, device="cpu", chunk_size=32, progress=False)
+    assert summary["labelled"] == 300 and max(sizes) <= 32
+    _check_output(src, out)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_model_method_cuda_matches_cpu(tiny_coco, tiny_weights, tmp_path):
+    anns = {}
+    for device in ("cpu", "cuda"):
+        out = tmp_path / f"{device}.json"
+        pseudo_label(boxes_json=tiny_coco / "val.json", images_dir=tiny_coco / "images",
+                     out_json=out, weights=tiny_weights, device=device, batch_size=2,
+                     progress=False)
+        anns[device] = json.loads(out.read_text())["annotations"]
+    for a, b in zip(anns["cpu"], anns["cuda"]):
+        ra, rb = ({**x["segmentation"], "counts": x["segmentation"]["counts"].encode()}
+                  for x in (a, b))
+        assert a["area"] == b["area"] == 0 or mask_utils.iou([ra], [rb], [0])[0, 0] > 0.98
 
 
 def _bad_input(tiny_coco: Path, tmp_path: Path) -> tuple[Path, dict]:

@@ -38,8 +38,6 @@ interrupted run leaves either the previous file or none, never a truncated one.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import json
 import logging
 import math
@@ -53,12 +51,12 @@ from typing import Any
 import cv2
 import numpy as np
 import torch
-from pycocotools import mask as mask_utils
 from tqdm import tqdm
 
 from .data.coco import ImageReadError, _load_json, read_image
+from .engine.box_mask_eval import evaluate_box_masks
 from .engine.checkpoint import atomic_write_text
-from .engine.evaluator import METRIC_NAMES, coco_evaluate, encode_mask
+from .engine.evaluator import METRIC_NAMES, encode_mask
 from .modeling.box_conditioned import SOURCE_BOX, SOURCE_NEIGHBOUR, BoxConditionedInference
 from .modeling.box_conditioned import box_region as _box_region
 
@@ -348,13 +346,11 @@ def pseudo_label(
 
     todo = [img for img in images.values() if img.anns]
     summary["images"] = len(todo)
-    read_ok: set[Any] = set()
     pending: list[_Work] = []
     step = batch_size if method == "model" else 1
     for n, img in enumerate(tqdm(todo, desc="pseudo-label", disable=not progress), 1):
         work = _prepare(img, anns, skip, summary)
         if work is not None:
-            read_ok.add(img.image_id)
             if method == "model":
                 work.labels = labeller.labels([anns[p] for p in work.positions])
                 summary["unknown_category"] += int((work.labels < 0).sum())
@@ -371,7 +367,14 @@ def pseudo_label(
     atomic_write_text(json.dumps(out_data), out_json)
     summary["out"] = str(out_json)
     if evaluate:
-        summary.update(_evaluate(data, out_anns, scores, images, read_ok))
+        summary.update(evaluate_box_masks(
+            annotations=anns,
+            predictions=[o["segmentation"] if s is not None else None
+                         for o, s in zip(out_anns, scores)],
+            scores=scores,
+            image_sizes={i: (img.height, img.width) for i, img in images.items()},
+            categories=data.get("categories") or [],
+        ))
     summary["seconds"] = round(time.perf_counter() - start, 3)
     if summary_json is not None:
         atomic_write_text(json.dumps(summary, indent=2), summary_json)
@@ -409,73 +412,6 @@ def _prepare(img: _Image, anns: list[dict[str, Any]], skip, summary: dict) -> _W
     return _Work(entry=img, image=image, positions=positions,
                  boxes=np.stack(boxes) if boxes else np.zeros((0, 4), np.float32),
                  labels=np.full(len(positions), -1, np.int64))
-
-
-def _gt_rle(seg: Any, height: int, width: int) -> dict[str, Any]:
-    """COCO ``segmentation`` (polygons, RLE, compressed RLE) -> compressed RLE (bytes counts)."""
-    if isinstance(seg, list):
-        return mask_utils.merge(mask_utils.frPyObjects([[float(v) for v in p] for p in seg],
-                                                       height, width))
-    if isinstance(seg, dict) and isinstance(seg.get("counts"), list):
-        return mask_utils.frPyObjects(seg, height, width)
-    if isinstance(seg, dict) and list(seg.get("size", [])) == [height, width]:
-        counts = seg["counts"]
-        return {"size": [height, width], "counts": counts.encode() if isinstance(counts, str)
-                else counts}
-    raise ValueError("not a polygon list or an RLE of the image size")
-
-
-def _evaluate(data: dict[str, Any], out_anns: list[dict[str, Any]], scores: list[float | None],
-              images: dict[Any, _Image], read_ok: set[Any]) -> dict[str, Any]:
-    """Mean IoU and segm AP of labelled boxes that have a GT mask (crowd GT stays as crowd)."""
-    from pycocotools.coco import COCO
-
-    gt, results, ious = [], [], []
-    no_gt = bad_gt = 0
-    for pos, (ann, out) in enumerate(zip(data["annotations"], out_anns)):
-        img = images[ann["image_id"]]
-        seg = ann.get("segmentation")
-        crowd = bool(ann.get("iscrowd", 0))
-        if img.image_id not in read_ok or (scores[pos] is None and not crowd):
-            continue
-        if not seg:
-            no_gt += not crowd
-            continue
-        try:
-            rle = _gt_rle(seg, img.height, img.width)
-        except (TypeError, ValueError, KeyError, IndexError):
-            bad_gt += 1
-            continue
-        gt.append({"id": len(gt) + 1, "image_id": img.image_id, "iscrowd": int(crowd),
-                   "category_id": ann.get("category_id"), "area": float(mask_utils.area(rle)),
-                   "bbox": [float(v) for v in mask_utils.toBbox(rle)],
-                   "segmentation": {"size": rle["size"], "counts": rle["counts"].decode()}})
-        if crowd:
-            continue
-        dt = {"size": out["segmentation"]["size"],
-              "counts": out["segmentation"]["counts"].encode()}
-        ious.append(float(mask_utils.iou([dt], [rle], [0])[0, 0]))
-        results.append({"image_id": img.image_id, "category_id": ann.get("category_id"),
-                        "segmentation": out["segmentation"], "score": float(scores[pos])})
-    metrics: dict[str, Any] = {"mean_iou": round(float(np.mean(ious)), 5) if ious else None,
-                               "num_evaluated": len(ious), "no_gt_mask": no_gt,
-                               "bad_gt_mask": bad_gt}
-    if not results:
-        logger.warning("--evaluate: no labelled box has a GT mask; nothing to score")
-        return metrics
-    eval_images = sorted({r["image_id"] for r in results})
-    keep = set(eval_images)
-    coco = COCO()
-    coco.dataset = {
-        "images": [{"id": i, "height": images[i].height, "width": images[i].width,
-                    "file_name": images[i].path.name} for i in eval_images],
-        "annotations": [g for g in gt if g["image_id"] in keep],
-        "categories": data.get("categories") or [],
-    }
-    with contextlib.redirect_stdout(io.StringIO()):
-        coco.createIndex()
-    metrics.update(coco_evaluate(coco, results, iou_types=("segm",), image_ids=eval_images))
-    return metrics
 
 
 def format_summary(summary: dict[str, Any]) -> str:
