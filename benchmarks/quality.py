@@ -16,6 +16,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from common import OUT, dataset_overrides, markdown_table
@@ -64,20 +65,36 @@ def main() -> None:
     ap.add_argument("--variants", default="full,proj,faithful,meanfield")
     ap.add_argument("--recipe", default="discobox_r18_fpn_cpu")
     ap.add_argument("--tag", default="", help="suffix of the output folder")
+    ap.add_argument("--parallel", type=int, default=1, help="runs at once (threads split)")
     args = ap.parse_args()
     name = Path(args.dataset).name + args.tag
     base = OUT / "quality" / name
-    results = {}
-    for variant in args.variants.split(","):
-        run = base / variant
-        final = run / "metrics_final.json"
-        if not final.is_file():
+    variants = args.variants.split(",")
+    todo = [v for v in variants if not (base / v / "metrics_final.json").is_file()]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1",
+           "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 2) // args.parallel))}
+    running: list[tuple[str, subprocess.Popen]] = []
+    while todo or running:
+        while todo and len(running) < args.parallel:
+            variant = todo.pop(0)
+            run = base / variant
+            run.mkdir(parents=True, exist_ok=True)
             cmd = [sys.executable, "-m", "discobox", "train", args.recipe, "--output-dir",
                    str(run), "--resume", *dataset_overrides(args.dataset),
                    *schedule(args.iters, args.scale, args.batch), *VARIANTS[variant]]
             print("$", " ".join(cmd), flush=True)
-            subprocess.run(cmd, check=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        m = json.loads(final.read_text())
+            log = open(run / "stdout.txt", "a")
+            running.append((variant, subprocess.Popen(cmd, env=env, stdout=log, stderr=log)))
+        time.sleep(5)
+        for item in list(running):
+            if item[1].poll() is not None:
+                running.remove(item)
+                if item[1].returncode:
+                    raise SystemExit(f"{item[0]} failed: see {base / item[0] / 'stdout.txt'}")
+    results = {}
+    for variant in variants:
+        run = base / variant
+        m = json.loads((run / "metrics_final.json").read_text())
         results[variant] = {**m, "sec_per_iter": mean_sec_per_iter(run)}
     full_ap = results.get("full", {}).get("segm/AP")
     rows = []

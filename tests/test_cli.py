@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 from helpers import tiny_overrides
 from pycocotools.coco import COCO
 
@@ -22,6 +23,8 @@ def trained(tiny_coco, tmp_path_factory):
 
 def test_train_writes_final_checkpoint_config_and_metrics(trained):
     assert (trained / "model_0000002.pth").is_file()
+    final = torch.load(trained / "model_final.pth", weights_only=True)
+    assert set(final) == {"model", "config", "iteration"}
     assert (trained / "config.yaml").is_file()
     metrics = json.loads((trained / "metrics_final.json").read_text())
     assert {"bbox/AP", "segm/AP", "segm/APl"} <= set(metrics)
@@ -38,7 +41,7 @@ def test_train_resume_of_finished_run_is_a_no_op(trained, tiny_coco, capsys):
 
 def test_test_prints_metrics_and_writes_json(trained, tmp_path, capsys):
     metrics_out = tmp_path / "m.json"
-    rc = main(["test", "--weights", str(trained / "model_0000002.pth"), "--device", "cpu",
+    rc = main(["test", "--weights", str(trained / "model_final.pth"), "--device", "cpu",
                "--metrics-out", str(metrics_out)])
     assert rc == 0
     printed = capsys.readouterr().out
@@ -48,7 +51,7 @@ def test_test_prints_metrics_and_writes_json(trained, tmp_path, capsys):
 
 def test_test_format_only_writes_coco_results(trained, tiny_coco, tmp_path):
     out = tmp_path / "results.json"
-    rc = main(["test", "--weights", str(trained / "model_0000002.pth"), "--device", "cpu",
+    rc = main(["test", "--weights", str(trained / "model_final.pth"), "--device", "cpu",
                "--format-only", "--out", str(out), "test.score_thr=0.0",
                "test.update_thr=0.0", "test.mask_thr=0.01"])
     assert rc == 0
@@ -64,7 +67,7 @@ def test_test_format_only_writes_coco_results(trained, tiny_coco, tmp_path):
 def test_predict_writes_overlays_and_json(trained, tiny_coco, tmp_path):
     images = sorted((tiny_coco / "images").glob("val_*.png"))[:2]
     out = tmp_path / "pred"
-    rc = main(["predict", "--weights", str(trained / "model_0000002.pth"),
+    rc = main(["predict", "--weights", str(trained / "model_final.pth"),
                *map(str, images), "--output", str(out), "--score-thr", "0.0"])
     assert rc == 0
     assert sorted(p.name for p in out.glob("*.png")) == sorted(p.name for p in images)

@@ -178,7 +178,7 @@ def run_demo(*, output: str | Path = "discobox_demo", minutes: float = 10.0, ful
                           full=mode == "full", class_names=SHAPES, device=device)
         result = train(cfg, resume=True)
         summary[f"{mode}_supervised"] = {k: v for k, v in result.items() if "/" in k}
-    weights = out / "box" / f"model_{iterations:07d}.pth"
+    weights = out / "box" / "model_final.pth"
     base = _baselines(data_root, out, weights)
     summary["box_conditioned"] = base
     summary["overlays"] = _overlays(weights, data_root / "val.json", data_root / "images",

@@ -85,3 +85,21 @@ def test_full_supervision_mode_trains(tiny_coco, tmp_path):
                                                       "solver.steps": "[]"})
     result = trainer_mod.train(cfg)
     assert result["iteration"] == 2
+
+
+def test_box_training_ignores_segmentations(tiny_coco, tmp_path):
+    """Box mode never reads masks: garbage in every ``segmentation`` gives the same weights."""
+    doc = json.loads((tiny_coco / "train.json").read_text())
+    for i, ann in enumerate(doc["annotations"]):
+        ann["segmentation"] = "corrupt" if i % 2 else [[-1.0, "x"]]
+    bad_json = tmp_path / "train_corrupt.json"
+    bad_json.write_text(json.dumps(doc))
+    extra = {"solver.max_iter": 2, "train.eval_period": 0, "data.val_json": "null"}
+    trainer_mod.train(_cfg(tiny_coco, tmp_path / "clean", **extra))
+    trainer_mod.train(_cfg(tiny_coco, tmp_path / "corrupt", **extra,
+                           **{"data.train_json": str(bad_json)}))
+    a = load_checkpoint_file(find_last_checkpoint(tmp_path / "clean"))["model"]
+    b = load_checkpoint_file(find_last_checkpoint(tmp_path / "corrupt"))["model"]
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)

@@ -28,6 +28,7 @@ from ..modeling.build import build_criterion, build_model
 from ..modeling.teacher import EMATeacher, LossGates
 from . import distributed as du
 from .checkpoint import (
+    atomic_save,
     atomic_write_text,
     find_last_checkpoint,
     load_checkpoint_file,
@@ -252,6 +253,10 @@ def train(cfg: Config, *, resume: bool = False) -> dict[str, Any]:
     bar.close()
     writer.close()
     du.barrier()
+    if du.is_main_process():
+        # The release file: weights + config only (what `test`, `predict` and friends need).
+        atomic_save({"model": model.state_dict(), "config": cfg.to_dict(),
+                     "iteration": sched.max_iter}, out_dir / "model_final.pth")
     if du.is_main_process() and metrics:
         import json
 
