@@ -8,9 +8,9 @@ Methods (``method=``):
 - ``"grabcut"``: OpenCV GrabCut on the full image, initialised from the box, 5 iterations
   (:func:`grabcut_mask`); score 1.0.
 
-Every method confines a mask to its box: the pixels the box touches, ``[floor(x0), ceil(x1)) x
-[floor(y0), ceil(y1))`` clipped to the image. (The official training-time ``GenerateBoxMask``
-rounds and includes the right/bottom edge, one pixel more, §3.1 step 3.)
+Every method confines a mask to its box: the pixels whose centres lie in the box, clipped to the
+image (``box_region`` in :mod:`discobox.modeling.box_conditioned`). (The official training-time
+``GenerateBoxMask`` rounds and includes the right/bottom edge, one pixel more, §3.1 step 3.)
 
 The output is a copy of the input json in which every annotation gets a compressed-RLE
 ``segmentation`` (``counts`` a str) at its image's size and the matching ``area``; nothing else
@@ -67,7 +67,7 @@ SKIP_REASONS = ("invalid_box", "zero_area", "outside_image", "missing_image", "s
 
 
 def box_masks(boxes_xyxy: torch.Tensor | np.ndarray, height: int, width: int) -> torch.Tensor:
-    """Filled boxes: ``float[N, 4]`` xyxy -> ``bool[N, height, width]`` (pixels each touches)."""
+    """Filled boxes: ``float[N, 4]`` xyxy -> ``bool[N, height, width]`` (pixel-centre rule)."""
     boxes = torch.as_tensor(np.asarray(boxes_xyxy, dtype=np.float64)).reshape(-1, 4)
     masks = torch.zeros((boxes.shape[0], height, width), dtype=torch.bool)
     for k, (x0, y0, x1, y1) in enumerate(_box_region(boxes, height, width).tolist()):

@@ -16,10 +16,12 @@ from discobox.modeling.targets import assign_best_targets
 from discobox.structures import Instances
 
 
-def test_box_region_floor_ceil_clip():
-    boxes = torch.tensor([[2.5, 3.0, 7.5, 9.0], [-4.0, -1.0, 3.2, 2.0], [50.0, 0.0, 60.0, 5.0]])
+def test_box_region_pixel_centres_clip():
+    boxes = torch.tensor([[2.5, 3.0, 7.5, 9.0], [-4.0, -1.0, 3.2, 2.0], [50.0, 0.0, 60.0, 5.0],
+                          [4.1, 1.0, 4.3, 2.0]])
     regions = box_region(boxes, 20, 40)
-    assert regions.tolist() == [[2, 3, 8, 9], [0, 0, 4, 2], [40, 0, 40, 5]]
+    # pixel j is in the box iff its centre j + 0.5 is; a sub-pixel box keeps one pixel
+    assert regions.tolist() == [[2, 3, 8, 9], [0, 0, 3, 2], [40, 0, 40, 5], [4, 1, 5, 2]]
 
 
 def test_matrix_paste_equals_interpolate_chain():
