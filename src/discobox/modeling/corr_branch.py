@@ -104,6 +104,7 @@ class CorrResult:
             ``labels``; teacher crops of bankable objects, detached); empty with
             ``online_push``.
         cross_term: ``float32[N, 2, h, w]`` the evidence fed to the CRF (for inspection).
+        boxes: ``float32[N, 4]`` the objects' integer ¼-res boxes (for inspection).
         stats: ``objects``, ``matched`` (queries with enough retrieved objects), ``bankable``.
     """
 
@@ -111,6 +112,7 @@ class CorrResult:
     ts_terms: Tensor
     to_push: dict[str, Tensor] = field(default_factory=dict)
     cross_term: Tensor | None = None
+    boxes: Tensor | None = None
     stats: dict[str, int] = field(default_factory=dict)
 
 
@@ -300,6 +302,7 @@ class CorrespondenceBranch:
             ts_terms=self._crf_terms(out, s_in, t_in, targets_q, img_index, cross),
             to_push=to_push,
             cross_term=cross,
+            boxes=boxes,
             stats={"objects": n, "matched": len(terms), "bankable": int(bankable.sum())},
         )
 
