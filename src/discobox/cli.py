@@ -13,7 +13,15 @@ import os
 import sys
 from collections.abc import Sequence
 
+from .convert import register as register_convert
+from .correspond import register as register_correspond
+from .data.voc import register as register_convert_voc
+from .eval_corr import register as register_eval_corr
+from .export_onnx import register as register_export_onnx
+from .json2mat import register as register_json2mat
 from .pseudo_label import register as register_pseudo_label
+from .voc_exclude import register as register_voc_exclude
+from .zoo import register as register_zoo
 
 
 def _add_overrides(p: argparse.ArgumentParser) -> None:
@@ -40,6 +48,10 @@ def cmd_test(args: argparse.Namespace) -> int:
     from .engine.tester import evaluate
     from .modeling.build import load_model
 
+    if args.config and "=" in args.config and not os.path.exists(args.config):
+        # `discobox test --weights W key=value`: the optional CONFIG took the first override.
+        args.overrides = [args.config, *args.overrides]
+        args.config = None
     device = du.resolve_device(args.device)
     du.init_distributed(device)
     model, cfg = load_model(args.weights, config=args.config, overrides=args.overrides)
@@ -71,7 +83,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
     run_demo(output=args.output, minutes=args.minutes, full=args.full, seed=args.seed,
-             iterations=args.iterations)
+             iterations=args.iterations, num_train=args.num_train, num_val=args.num_val,
+             device=args.device)
     return 0
 
 
@@ -100,6 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--iterations", type=int, default=None, help="fixed iteration count instead")
     p.add_argument("--full", action="store_true", help="also train the fully supervised model")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--num-train", type=int, default=400, help="synthetic training images")
+    p.add_argument("--num-val", type=int, default=40, help="synthetic validation images")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("train", help="train a model (use torchrun for several GPUs/nodes)")
@@ -130,6 +146,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_predict)
 
     register_pseudo_label(sub)
+    register_correspond(sub)
+    register_eval_corr(sub)
+    register_voc_exclude(sub)
+    register_convert(sub)
+    register_convert_voc(sub)
+    register_json2mat(sub)
+    register_export_onnx(sub)
+    register_zoo(sub)
 
     p = sub.add_parser("recipes", help="list the built-in recipes")
     p.add_argument("--show", default=None, help="print one recipe's resolved config")

@@ -115,6 +115,38 @@ class GatesConfig:
 
 
 @dataclass(frozen=True)
+class CorrConfig:
+    """Semantic-correspondence branch (METHOD.md §5); keys feed ``ObjectBank`` and
+    ``CorrespondenceBranch`` (``modeling/build.py``)."""
+
+    enabled: bool = True  # the paper's COCO recipes train it; needs loss.mode=box
+    weight: float = 1.0  # loss_corr weight (0.1 in the R-101/X-101 DCN recipes)
+    solver: str = "faithful"  # "faithful" (official cosine + locality) or "sinkhorn" (paper)
+    loss: str = "faithful"  # "faithful" (official double-softmax CE) or "infonce"
+    temperature: float = 0.07
+    num_iters: int = 10
+    num_smooth_iters: int = 1
+    dist_kernel: int = 9
+    sinkhorn_eps: float = 0.05
+    sinkhorn_iters: int = 10
+    sinkhorn_exp: float = 0.5
+    hough: bool = True
+    hough_filter_size: int = 3
+    grad_scale: float = 0.01
+    online_push: bool = False
+    capacity: int = 100
+    fg_iou_thresh: float = 0.7
+    bg_iou_thresh: float = 0.7
+    appear_thresh: float = 0.7
+    ratio_range: tuple[float, float] = (0.9, 1.2)
+    max_retrieval: int = 5
+    min_retrieval: int = 5
+    min_box_size: float = 32
+    selection: str = "first"
+    bank_dtype: str = "float32"  # "float16" halves the bank in checkpoints
+
+
+@dataclass(frozen=True)
 class DataConfig:
     train_json: str | None = None
     train_images: str | None = None
@@ -164,6 +196,7 @@ class Config:
     crf: CRFConfig = field(default_factory=CRFConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     gates: GatesConfig = field(default_factory=GatesConfig)
+    corr: CorrConfig = field(default_factory=CorrConfig)
     data: DataConfig = field(default_factory=DataConfig)
     solver: SolverConfig = field(default_factory=SolverConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -184,6 +217,10 @@ _ENUMS: dict[str, tuple[str, ...]] = {
     "crf.mode": ("faithful", "meanfield", "none"),
     "solver.amp": ("fp16", "bf16", "none"),
     "test.kernel": ("gaussian", "linear"),
+    "corr.solver": ("faithful", "sinkhorn"),
+    "corr.loss": ("faithful", "infonce"),
+    "corr.selection": ("first", "top"),
+    "corr.bank_dtype": ("float32", "float16"),
 }
 
 

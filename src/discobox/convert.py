@@ -154,6 +154,7 @@ def convert_state_dict(
     report = ConversionReport()
     out: dict[str, Tensor] = {}
     origin: dict[str, str] = {}
+    mismatched: set[str] = set()
     for key, value in source.items():
         ours, note = official_key_to_ours(key)
         if ours is None:
@@ -168,8 +169,9 @@ def convert_state_dict(
         target = expected[ours]
         if tuple(value.shape) != tuple(target.shape):
             report.mismatched.append((key, tuple(value.shape), tuple(target.shape)))
+            mismatched.add(ours)
             continue
-        out[ours] = value.detach().to(dtype=target.dtype, device="cpu")
+        out[ours] = value.detach().to(dtype=target.dtype)
         origin[ours] = key
         report.mapped += 1
         if ours != key:
@@ -180,7 +182,7 @@ def convert_state_dict(
         if key.endswith("num_batches_tracked"):
             out[key] = torch.zeros((), dtype=target.dtype)
             report.defaulted.append(key)
-        elif not any(key == k for k, _, _ in report.mismatched):
+        elif key not in mismatched:
             report.missing.append(key)
     return out, report
 
@@ -266,7 +268,7 @@ def _resolve_config(
     return load_config(name)
 
 
-def _expected_state(cfg: Config) -> dict[str, Tensor]:
+def expected_state_dict(cfg: Config) -> dict[str, Tensor]:
     """The model's ``state_dict`` on the meta device (keys, shapes, dtypes; no memory)."""
     from .modeling.build import build_model
 
@@ -307,7 +309,7 @@ def official_to_ours(
     """
     state = _official_state(obj, path)
     cfg = _resolve_config(config, state, path)
-    converted, report = convert_state_dict(state, _expected_state(cfg))
+    converted, report = convert_state_dict(state, expected_state_dict(cfg))
     if report.mapped == 0:
         raise ConversionError(f"{path}: no key matches the model; {report.problems()}")
     if not report.ok:

@@ -103,3 +103,24 @@ def test_box_training_ignores_segmentations(tiny_coco, tmp_path):
     assert a.keys() == b.keys()
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+
+
+def test_correspondence_branch_trains_and_bank_is_checkpointed(tiny_coco, tmp_path):
+    extra = {"corr.enabled": "true", "corr.min_box_size": 0, "corr.min_retrieval": 1,
+             "corr.max_retrieval": 2, "corr.fg_iou_thresh": 0.0, "corr.bg_iou_thresh": 0.0,
+             "corr.appear_thresh": -1.0, "corr.ratio_range": "[0.0, 100.0]",
+             "teacher.start_iter": 1, "solver.max_iter": 4}
+    trainer_mod.train(_cfg(tiny_coco, tmp_path / "corr", **extra))
+    ckpt = load_checkpoint_file(find_last_checkpoint(tmp_path / "corr"))
+    bank = ckpt["object_bank"]
+    assert bank is not None
+    lines = (tmp_path / "corr" / "metrics.jsonl").read_text().splitlines()
+    records = [json.loads(x) for x in lines]
+    corr = [r["train/loss_corr"] for r in records if "train/loss_corr" in r]
+    assert len(corr) == 4 and any(v > 0 for v in corr), corr
+    # the bank comes back on resume
+    from discobox.modeling.build import build_object_bank
+
+    fresh = build_object_bank(_cfg(tiny_coco, tmp_path / "x", **extra))
+    fresh.load_state_dict(bank)
+    assert fresh.state_dict().keys() == bank.keys()

@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from ..config import Config, config_from_dict
 from ..data.build import build_train_dataset, build_train_loader_from_config
-from ..modeling.build import build_criterion, build_model
+from ..modeling.build import build_criterion, build_model, build_object_bank
 from ..modeling.teacher import EMATeacher, LossGates
 from . import distributed as du
 from .checkpoint import (
@@ -118,6 +118,9 @@ def train(cfg: Config, *, resume: bool = False) -> dict[str, Any]:
     dataset = build_train_dataset(cfg)
     model = build_model(cfg).to(device)
     criterion = build_criterion(cfg)
+    bank = build_object_bank(cfg)  # lives outside the model, updated below (§5.2)
+    if bank is not None:
+        bank = bank.to(device)
     optimizer = build_optimizer(cfg, model)
     iters_per_epoch = max(1, len(dataset) // (cfg.data.batch_size * world))
     sched = make_schedule(cfg, iters_per_epoch)
@@ -148,6 +151,8 @@ def train(cfg: Config, *, resume: bool = False) -> dict[str, Any]:
         if teacher is not None and ckpt.get("teacher") is not None:
             teacher.load_state_dict(ckpt["teacher"])
         gates.load_state_dict(ckpt["gates"])
+        if bank is not None and ckpt.get("object_bank") is not None:
+            bank.load_state_dict(ckpt["object_bank"])
         start_iter = int(ckpt["iteration"])
         rng = ckpt.get("rng", [])
         if rank < len(rng):
@@ -178,6 +183,7 @@ def train(cfg: Config, *, resume: bool = False) -> dict[str, Any]:
                 "scaler": scaler.state_dict(),
                 "teacher": teacher.state_dict() if teacher is not None else None,
                 "gates": gates.state_dict(),
+                "object_bank": bank.state_dict() if bank is not None else None,
                 "iteration": iteration,
                 "rng": states,
                 "config": cfg.to_dict(),
@@ -204,7 +210,8 @@ def train(cfg: Config, *, resume: bool = False) -> dict[str, Any]:
                 with torch.no_grad():
                     teacher_out = teacher.model(batch.images, batch.image_sizes)
         losses = criterion(out, batch.targets, teacher_out=teacher_out,
-                           ts_active=box_mode and gates.ts_open, image_sizes=batch.image_sizes)
+                           ts_active=box_mode and gates.ts_open, image_sizes=batch.image_sizes,
+                           bank=bank, corr_active=box_mode and gates.corr_open)
         total = sum(losses.values())
         values = {k: float(v.detach()) for k, v in losses.items()}
         if not math.isfinite(float(total.detach())):
@@ -224,6 +231,8 @@ def train(cfg: Config, *, resume: bool = False) -> dict[str, Any]:
 
         if teacher is not None:
             teacher.update(model, it + 1)
+        if bank is not None and criterion.corr_result is not None:
+            bank.push(**criterion.corr_result.to_push)
         reduced = du.all_reduce_mean(values, device)
         if box_mode and "loss_proj" in reduced:
             gates.update(reduced["loss_proj"])

@@ -21,11 +21,13 @@ from ..config import (
     parse_cli_overrides,
 )
 from .backbone import build_backbone
+from .corr_branch import CorrespondenceBranch
 from .crf import CRFParams
 from .criterion import SOLOv2Criterion
 from .fpn import FPN
 from .head import SOLOv2Head
 from .mask_branch import MaskFeatHead
+from .object_bank import ObjectBank
 from .postprocess import SOLOv2PostProcessor
 from .solov2 import SOLOv2
 
@@ -66,8 +68,39 @@ def crf_params(cfg: Config) -> CRFParams:
                      theta1=c.theta1, base=c.base)
 
 
+def build_object_bank(cfg: Config) -> ObjectBank | None:
+    """The per-class object bank of ``cfg.corr`` (§5.2), or ``None`` without the branch."""
+    c = cfg.corr
+    if not (c.enabled and cfg.loss.mode == "box"):
+        return None
+    return ObjectBank(
+        num_classes=cfg.model.num_classes, capacity=c.capacity,
+        feat_channels=cfg.model.fpn_channels, fg_iou_thresh=c.fg_iou_thresh,
+        bg_iou_thresh=c.bg_iou_thresh, appear_thresh=c.appear_thresh,
+        ratio_range=tuple(c.ratio_range), max_retrieval=c.max_retrieval,
+        min_retrieval=c.min_retrieval, min_box_size=c.min_box_size, selection=c.selection,
+        dtype=torch.float16 if c.bank_dtype == "float16" else torch.float32,
+    )
+
+
+def build_corr_branch(cfg: Config) -> CorrespondenceBranch | None:
+    """The correspondence branch of ``cfg.corr`` (§5.1-5.7), or ``None`` when disabled."""
+    c, m = cfg.corr, cfg.model
+    if not (c.enabled and cfg.loss.mode == "box"):
+        return None
+    return CorrespondenceBranch(
+        num_classes=m.num_classes, num_grids=m.num_grids, scale_ranges=m.scale_ranges,
+        solver=c.solver, loss=c.loss, weight=c.weight, temperature=c.temperature,
+        num_iters=c.num_iters, num_smooth_iters=c.num_smooth_iters, dist_kernel=c.dist_kernel,
+        sinkhorn_eps=c.sinkhorn_eps, sinkhorn_iters=c.sinkhorn_iters,
+        sinkhorn_exp=c.sinkhorn_exp, hough=c.hough, hough_filter_size=c.hough_filter_size,
+        crf_mode=cfg.crf.mode, crf_params=crf_params(cfg), grad_scale=c.grad_scale,
+        online_push=c.online_push,
+    )
+
+
 def build_criterion(cfg: Config) -> SOLOv2Criterion:
-    """The loss module of ``cfg.loss`` / ``cfg.crf`` (METHOD.md §3.3, §4)."""
+    """The loss module of ``cfg.loss`` / ``cfg.crf`` / ``cfg.corr`` (METHOD.md §3.3, §4, §5)."""
     m, lo = cfg.model, cfg.loss
     return SOLOv2Criterion(
         num_classes=m.num_classes,
@@ -85,6 +118,7 @@ def build_criterion(cfg: Config) -> SOLOv2Criterion:
         use_pairwise=lo.pairwise,
         crf_mode=cfg.crf.mode,
         crf_params=crf_params(cfg),
+        corr_branch=build_corr_branch(cfg),
     )
 
 
@@ -115,16 +149,21 @@ def load_model(
     """Load a trained model and its config; returns ``(model in eval mode, cfg)``.
 
     Args:
-        weights: a checkpoint written by ``discobox train`` (``model_*.pth``; holds the config)
-            or a bare / official ``state_dict`` (then ``config`` is required).
+        weights: a checkpoint written by ``discobox train`` or ``discobox convert`` (holds the
+            config), an official DiscoBox checkpoint (converted on load, config inferred from
+            its shapes), or a bare ``state_dict`` (then ``config`` is required).
         config: recipe name, YAML path or :class:`Config`; default: the checkpoint's own config.
         overrides: dotted ``key=value`` overrides applied on top (e.g. ``test.score_thr=0.3``).
         strict: fail on missing or unexpected keys, naming them.
     """
+    from ..convert import maybe_convert_official
     from ..engine.checkpoint import load_checkpoint_file
+    from ..zoo import verify_weights
 
     path = Path(weights)
-    ckpt = load_checkpoint_file(path)
+    verify_weights(path)  # sha256 check when the zoo records one for this file name
+    ckpt = maybe_convert_official(load_checkpoint_file(path), path=path, config=config,
+                                  strict=strict)  # official mmdet checkpoints convert on load
     if isinstance(config, Config):
         cfg = config
     elif config is not None:

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..structures import Instances
+from .corr_branch import CorrespondenceBranch, CorrResult
 from .crf import CRF_MODES, CRFParams, crf_pseudo_labels
 from .losses import (
     color_similarity,
@@ -30,6 +31,7 @@ from .losses import (
     projection_loss,
     rgb_to_lab,
 )
+from .object_bank import ObjectBank
 from .outputs import HeadOutput
 from .solov2 import PIXEL_MEAN, PIXEL_STD
 from .targets import DEFAULT_NUM_GRIDS, DEFAULT_SCALE_RANGES, LevelTargets, assign_targets
@@ -121,6 +123,7 @@ class SOLOv2Criterion(nn.Module):
         pairwise_dilation: int = 2,
         crf_mode: str = "faithful",
         crf_params: CRFParams | None = None,
+        corr_branch: CorrespondenceBranch | None = None,
     ) -> None:
         super().__init__()
         if mode not in ("box", "full"):
@@ -147,6 +150,8 @@ class SOLOv2Criterion(nn.Module):
         self.pairwise_dilation = pairwise_dilation
         self.crf_mode = crf_mode
         self.crf_params = crf_params if crf_params is not None else CRFParams()
+        self.corr_branch = corr_branch
+        self.corr_result: CorrResult | None = None  # last batch's branch output (for the loop)
 
     def forward(
         self,
@@ -156,6 +161,8 @@ class SOLOv2Criterion(nn.Module):
         teacher_out: HeadOutput | None = None,
         ts_active: bool = False,
         image_sizes: Sequence[tuple[int, int]] | None = None,
+        bank: ObjectBank | None = None,
+        corr_active: bool = False,
     ) -> dict[str, Tensor]:
         if len(out.cate_logits) != len(self.num_grids):
             raise ValueError(f"{len(out.cate_logits)} levels, expected {len(self.num_grids)}")
@@ -190,6 +197,15 @@ class SOLOv2Criterion(nn.Module):
             losses["loss_proj"] = self.proj_weight * self._mean(
                 projection_loss(probs, pos.targets), zero
             )
+            # Correspondence branch (§5): runs before L_ts, whose extra terms it supplies.
+            self.corr_result = None
+            if self.corr_branch is not None:
+                if use_teacher and corr_active and bank is not None:
+                    self.corr_result = self.corr_branch(
+                        out, targets, bank=bank, teacher_out=teacher_out
+                    )
+                loss_corr = self.corr_result.loss_corr if self.corr_result is not None else 0.0
+                losses["loss_corr"] = loss_corr + zero
             losses["loss_ts"] = self._ts_loss(out, pos, probs, ts_active, zero)
             if self.use_pairwise:
                 losses["loss_pairwise"] = self.pairwise_weight * (
@@ -289,11 +305,8 @@ class SOLOv2Criterion(nn.Module):
     def _correspondence_ts_terms(
         self, out: HeadOutput, pos: _Positives, probs: Tensor
     ) -> Tensor | None:
-        """Extra ``L_ts`` terms from the CRF with the cross-image term (§5.7); ``float[N']``.
-
-        The correspondence branch is not implemented yet; it will override or fill this in.
-        """
-        return None
+        """Extra ``L_ts`` terms from the CRF with the cross-image term (§5.7); ``float[N']``."""
+        return None if self.corr_result is None else self.corr_result.ts_terms
 
     def _pairwise_loss(
         self, out: HeadOutput, pos: _Positives, image_sizes: Sequence[tuple[int, int]] | None
