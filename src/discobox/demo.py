@@ -25,16 +25,19 @@ from .data.synthetic import make_synthetic_coco
 
 logger = logging.getLogger("discobox")
 
-IMAGE_SIZE = (192, 192)
+IMAGE_SIZE = (160, 160)
 
 
 def demo_config(data_root: Path, out_dir: Path, *, iterations: int, seed: int, full: bool,
                 class_names: tuple[str, ...], device: str = "auto") -> Config:
-    """The demo recipe: ``discobox_r18_fpn_cpu`` on 192 px synthetic images."""
+    """The demo recipe: ``discobox_r18_fpn_cpu`` slimmed for 160 px synthetic images (128-channel
+    FPN, grids 24..8: about 1 s per batch of 4 on 2 CPU cores)."""
     h, w = IMAGE_SIZE
     return load_config("discobox_r18_fpn_cpu", {
         "model.num_classes": len(class_names),
         "model.scale_ranges": [[1, 48], [24, 96], [48, 192], [96, 384], [192, 2048]],
+        "model.fpn_channels": 128,
+        "model.num_grids": [24, 20, 16, 12, 8],
         "data.class_names": list(class_names),
         "data.train_json": str(data_root / "train.json"),
         "data.train_images": str(data_root / "images"),

@@ -431,6 +431,8 @@ def _per_box(
     period = r + 1
     inside = box_masks > 0
     rows, cols = inside.any(dim=2), inside.any(dim=1)  # [N, h], [N, w]
+    # Objects with the same crop (e.g. the positive cells of one ground-truth box) run together.
+    groups: dict[tuple[int, int, int, int], list[int]] = {}
     for i in range(probs.shape[0]):
         ys = torch.nonzero(rows[i]).flatten()
         xs = torch.nonzero(cols[i]).flatten()
@@ -440,14 +442,17 @@ def _per_box(
         # mean-field "colored" schedule stay the same as on the whole image.
         y0, y1 = max(0, int(ys[0]) - r) // period * period, min(h, int(ys[-1]) + 1 + r)
         x0, x1 = max(0, int(xs[0]) - r) // period * period, min(w, int(xs[-1]) + 1 + r)
+        groups.setdefault((y0, y1, x0, x1), []).append(i)
+    for (y0, y1, x0, x1), members in groups.items():
+        idx = torch.tensor(members, device=probs.device)
         crop = (..., slice(y0, y1), slice(x0, x1))
-        out[i, y0:y1, x0:x1] = crf_pseudo_labels(
-            probs[i : i + 1][crop],
-            box_masks[i : i + 1][crop],
+        out[idx, y0:y1, x0:x1] = crf_pseudo_labels(
+            probs[idx][crop],
+            box_masks[idx][crop],
             image_q[crop],
             mode=mode,
             params=params,
-            cross_term=None if cross_term is None else cross_term[i : i + 1][crop],
+            cross_term=None if cross_term is None else cross_term[idx][crop],
             crop=False,
-        )[0]
+        )
     return out
