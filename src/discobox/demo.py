@@ -119,7 +119,11 @@ def _overlays(weights: Path, val_json: Path, image_dir: Path, out_dir: Path, n: 
                                            dtype=torch.long),
                        masks=torch.from_numpy(masks))
         pred = predictor(image)
-        pred = pred[pred.scores >= 0.3] if len(pred) else pred
+        if len(pred):  # confident ones, or else the top len(GT) (short runs score low)
+            keep = pred.scores >= 0.3
+            if not bool(keep.any()):
+                keep = torch.arange(len(pred)) < max(1, len(anns))
+            pred = pred[keep]
         panel = side_by_side([draw_instances(image, gt, predictor.class_names),
                               draw_instances(image, pred, predictor.class_names)])
         path = out_dir / f"{Path(img['file_name']).stem}.png"
