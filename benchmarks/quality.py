@@ -4,7 +4,8 @@
 
 Variants (METHOD.md §4): ``full`` (dice on GT masks, the upper bound), ``proj`` (projection loss
 only, no teacher), ``faithful`` (official hard colour-vote CRF teacher), ``meanfield`` (soft
-mean-field CRF teacher), ``pairwise`` (projection + BoxInst pairwise term). Each run lives in
+mean-field CRF teacher), ``pairwise`` (projection + BoxInst pairwise term), ``corr`` (faithful
+plus the correspondence branch). Each run lives in
 ``benchmarks/out/quality/<dataset>/<variant>`` and resumes if interrupted; finished runs are
 reused. Writes ``benchmarks/out/quality_<dataset>.json`` and prints a markdown table.
 """
@@ -27,6 +28,8 @@ VARIANTS = {
     "faithful": ["loss.mode=box", "crf.mode=faithful"],
     "meanfield": ["loss.mode=box", "crf.mode=meanfield"],
     "pairwise": ["loss.mode=box", "crf.mode=none", "loss.pairwise=true"],
+    # faithful + the correspondence branch (§5); small objects enter the bank at CPU scales
+    "corr": ["loss.mode=box", "crf.mode=faithful", "corr.enabled=true", "corr.min_box_size=4"],
 }
 
 
