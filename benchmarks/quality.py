@@ -69,7 +69,19 @@ def main() -> None:
     ap.add_argument("--recipe", default="discobox_r18_fpn_cpu")
     ap.add_argument("--tag", default="", help="suffix of the output folder")
     ap.add_argument("--parallel", type=int, default=1, help="runs at once (threads split)")
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="extra config overrides for every variant")
+    ap.add_argument("--synthetic", action="store_true",
+                    help="use the demo's synthetic set (generated into benchmarks/out/synthetic)")
     args = ap.parse_args()
+    if args.synthetic:
+        from discobox.data.synthetic import make_synthetic_coco
+
+        root = OUT / "synthetic"
+        if not (root / "val.json").is_file():
+            make_synthetic_coco(root, num_train=400, num_val=40, image_size=(160, 160), seed=0,
+                                max_objects=4)
+        args.dataset = str(root)
     name = Path(args.dataset).name + args.tag
     base = OUT / "quality" / name
     variants = args.variants.split(",")
@@ -84,7 +96,7 @@ def main() -> None:
             run.mkdir(parents=True, exist_ok=True)
             cmd = [sys.executable, "-m", "discobox", "train", args.recipe, "--output-dir",
                    str(run), "--resume", *dataset_overrides(args.dataset),
-                   *schedule(args.iters, args.scale, args.batch), *VARIANTS[variant]]
+                   *schedule(args.iters, args.scale, args.batch), *VARIANTS[variant], *args.set]
             print("$", " ".join(cmd), flush=True)
             log = open(run / "stdout.txt", "a")
             running.append((variant, subprocess.Popen(cmd, env=env, stdout=log, stderr=log)))
