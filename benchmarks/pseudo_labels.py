@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 from common import OUT, markdown_table, shared_data
 
@@ -26,12 +27,14 @@ def main() -> None:
     ap.add_argument("--model", action="append", default=[], metavar="DATASET=WEIGHTS",
                     help="trained weights for the model method on one data set (repeatable)")
     ap.add_argument("--tag", default="model", help="row name for --model results")
+    ap.add_argument("--out", type=Path, default=OUT / "pseudo_labels.json")
     args = ap.parse_args()
-    path = OUT / "pseudo_labels.json"
+    path = args.out
     table = json.loads(path.read_text()) if path.is_file() else {}
-    weights = dict(item.split("=", 1) for item in args.model)
+    weights = {Path(k).name: v for k, v in (item.split("=", 1) for item in args.model)}
     for ds in args.datasets.split(","):
-        root = shared_data() / ds
+        root = Path(ds) if Path(ds).is_dir() else shared_data() / ds
+        ds = root.name
         jobs = [(m, m, None) for m in args.methods.split(",") if m]
         if ds in weights:
             jobs.append((args.tag, "model", weights[ds]))
