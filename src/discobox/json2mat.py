@@ -26,8 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
-import tempfile
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
@@ -36,6 +34,7 @@ import numpy as np
 
 from .data.coco import decode_segmentation
 from .data.voc import VOC_CLASSES
+from .engine.checkpoint import atomic_write
 
 logger = logging.getLogger("discobox")
 _MAX_LISTED = 10
@@ -195,18 +194,8 @@ def results_to_mat(
 def _savemat_atomic(path: Path, variables: dict[str, Any], *, compress: bool) -> None:
     from scipy.io import savemat
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            savemat(fh, variables, do_compression=compress, oned_as="row")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, lambda fh: savemat(fh, variables, do_compression=compress,
+                                          oned_as="row"))
 
 
 def cmd_json2mat(args: argparse.Namespace) -> int:

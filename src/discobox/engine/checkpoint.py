@@ -11,8 +11,9 @@ from __future__ import annotations
 import os
 import random
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import torch
@@ -20,14 +21,15 @@ import torch
 LAST = "last_checkpoint"
 
 
-def atomic_save(obj: Any, path: str | Path) -> Path:
-    """``torch.save`` to ``path`` so that a reader never sees a partial file."""
+def atomic_write(path: str | Path, write: Callable[[IO], None], *, binary: bool = True) -> Path:
+    """Call ``write(file)`` on a temporary file beside ``path``, fsync, then rename it over
+    ``path``: a reader never sees a partial file, and a failure leaves no temporary behind."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
+        with os.fdopen(fd, "wb" if binary else "w") as fh:
+            write(fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -36,23 +38,15 @@ def atomic_save(obj: Any, path: str | Path) -> Path:
             os.unlink(tmp)
         raise
     return path
+
+
+def atomic_save(obj: Any, path: str | Path) -> Path:
+    """``torch.save`` to ``path`` so that a reader never sees a partial file."""
+    return atomic_write(path, lambda fh: torch.save(obj, fh))
 
 
 def atomic_write_text(text: str, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return atomic_write(path, lambda fh: fh.write(text), binary=False)
 
 
 def rng_state() -> dict[str, Any]:
