@@ -9,6 +9,11 @@ weights (no download needed for timing) and fixed synthetic inputs. Cases:
 - ``infer_*``: ms per image, batch 1, forward + post-processing, after 2 warm-up runs.
 - ``train_*``: seconds per training step, batch 2 (SOLOv2 in box mode with the CRF teacher
   loss on, or fully supervised; Mask R-CNN with its own losses), 10 GT objects per image.
+- ``train_solov2_r18_box_meanfield``: the R-18 box step with ``crf.mode=meanfield``.
+- ``train_solov2_r18_box_corr[_sinkhorn]``: the R-18 box step with the correspondence branch
+  (§5: bank retrieval, matching, contrastive loss, cross-image CRF term; objects of 3 classes
+  and retrieval thresholds opened so every query gets ``max_retrieval`` partners from the bank
+  the warm-up steps filled: a fully matched step), faithful or Sinkhorn + InfoNCE.
 - ``crf_<mode>_<n>``: the CRF teacher cost (pseudo-labels of ``n`` objects of one image).
 - ``scale_objects_<n>``: a SOLOv2 R-18 box-mode training step with ``n`` objects per image.
 - ``scale_size_<s>``: the same step at short side ``s`` (long side ``s * 4 / 3``).
@@ -56,7 +61,8 @@ def _solov2(recipe: str, device: torch.device, **over):
     return cfg, build_model(cfg).to(device), build_criterion(cfg), build_postprocessor(cfg)
 
 
-def _targets(n: int, h: int, w: int, batch: int, device: torch.device, seed: int = 0):
+def _targets(n: int, h: int, w: int, batch: int, device: torch.device, seed: int = 0,
+             num_classes: int = 80):
     """``n`` random boxes (and elliptic masks) per image, sizes 5-40% of the short side."""
     from discobox.structures import Instances
 
@@ -74,7 +80,7 @@ def _targets(n: int, h: int, w: int, batch: int, device: torch.device, seed: int
         rx, ry = (boxes[:, 2] - boxes[:, 0]) / 2, (boxes[:, 3] - boxes[:, 1]) / 2
         masks = ((xx - cx[:, None, None]) / rx[:, None, None]) ** 2 + (
             (yy - cy[:, None, None]) / ry[:, None, None]) ** 2 <= 1
-        out.append(Instances(boxes=boxes, labels=torch.randint(0, 80, (n,), generator=g),
+        out.append(Instances(boxes=boxes, labels=torch.randint(0, num_classes, (n,), generator=g),
                              masks=masks).to(device))
     return out
 
@@ -136,11 +142,27 @@ def run_case(name: str, h: int, w: int, device: torch.device, reps: int) -> dict
         if name.startswith("scale_size_"):
             h = int(name.rsplit("_", 1)[1])
             w = h * 4 // 3
-        cfg, model, crit, _ = _solov2(recipe, device, **{"loss.mode": mode})
+        over = {"loss.mode": mode}
+        if name.endswith("_meanfield"):
+            over["crf.mode"] = "meanfield"
+        corr = "_corr" in name
+        if corr:
+            # thresholds opened so every same-class bank object is retrieved: the cost of a
+            # fully matched step (max_retrieval objects per query), not of a rejected one
+            over.update({"corr.enabled": True, "corr.min_box_size": 4,
+                         "corr.fg_iou_thresh": -1.0, "corr.bg_iou_thresh": -1.0,
+                         "corr.appear_thresh": -2.0, "corr.ratio_range": [0.0, 1e9]})
+            if name.endswith("_sinkhorn"):
+                over.update({"corr.solver": "sinkhorn", "corr.loss": "infonce"})
+        from discobox.modeling.build import build_object_bank
+
+        cfg, model, crit, _ = _solov2(recipe, device, **over)
+        bank = build_object_bank(cfg)
+        bank = bank.to(device) if bank is not None else None
         model.train()
         opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-5)
         x = _images(2, _pad32(h), _pad32(w), device)
-        tg = _targets(n, h, w, 2, device)
+        tg = _targets(n, h, w, 2, device, num_classes=3 if corr else 80)
         scaler = torch.amp.GradScaler(device.type, enabled=amp)
 
         def step():
@@ -149,12 +171,18 @@ def run_case(name: str, h: int, w: int, device: torch.device, reps: int) -> dict
                 with torch.no_grad():
                     teacher = model(x, [(h, w)] * 2) if mode == "box" else None
             losses = crit(out, tg, teacher_out=teacher, ts_active=mode == "box",
-                          image_sizes=[(h, w)] * 2)
+                          image_sizes=[(h, w)] * 2, bank=bank, corr_active=corr)
             opt.zero_grad()
             scaler.scale(sum(losses.values())).backward()
             scaler.step(opt)
             scaler.update()
-        return {"sec_per_step": _time(step, device, 1, reps), "objects": n, "size": [h, w]}
+            if bank is not None and crit.corr_result is not None:
+                bank.push(**crit.corr_result.to_push)
+        sec = _time(step, device, 3 if corr else 1, reps)
+        res = {"sec_per_step": sec, "objects": n, "size": [h, w]}
+        if corr and crit.corr_result is not None:  # the branch really matched objects
+            res["corr_stats"] = dict(crit.corr_result.stats)
+        return res
     if name == "train_maskrcnn_r50":
         from torchvision.models.detection import maskrcnn_resnet50_fpn
 
@@ -194,7 +222,8 @@ def run_case(name: str, h: int, w: int, device: torch.device, reps: int) -> dict
 CASES = [
     "infer_solov2_r50", "infer_maskrcnn_r50", "infer_solov2_r18",
     "train_solov2_r50_box", "train_solov2_r50_full", "train_maskrcnn_r50",
-    "train_solov2_r18_box", "train_solov2_r18_full",
+    "train_solov2_r18_box", "train_solov2_r18_full", "train_solov2_r18_box_meanfield",
+    "train_solov2_r18_box_corr", "train_solov2_r18_box_corr_sinkhorn",
     "crf_faithful_10", "crf_meanfield_10", "crf_faithful_50", "crf_faithful_200",
     "scale_objects_1", "scale_objects_10", "scale_objects_50", "scale_objects_200",
     "scale_size_256", "scale_size_384", "scale_size_512",

@@ -96,6 +96,17 @@ class CRFConfig:
     theta0: float = 0.5
     theta1: float = 30.0
     base: float = 0.1
+    # meanfield mode only (modeling/crf.py): window, kernels, unary clamp, schedule. Defaults
+    # from a sweep of the CRF as a refiner of student masks (BENCHMARKS.md "Mean-field tuning").
+    mf_kernel_size: int = 7
+    mf_dilation: int = 1
+    w_color: float = 1.0
+    theta_color: float = 0.5
+    w_spatial: float = 0.25
+    theta_spatial: float = 1.0
+    prob_clamp: float = 0.2
+    schedule: str = "parallel"  # or "colored": provably monotone, ~4.5x slower
+    hard: bool = False  # binarise the marginals at 0.5 (targets like the faithful mode's)
 
 
 @dataclass(frozen=True)
@@ -215,6 +226,7 @@ class Config:
 _ENUMS: dict[str, tuple[str, ...]] = {
     "loss.mode": ("box", "full"),
     "crf.mode": ("faithful", "meanfield", "none"),
+    "crf.schedule": ("colored", "parallel"),
     "solver.amp": ("fp16", "bf16", "none"),
     "test.kernel": ("gaussian", "linear"),
     "corr.solver": ("faithful", "sinkhorn"),

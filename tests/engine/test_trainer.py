@@ -124,3 +124,18 @@ def test_correspondence_branch_trains_and_bank_is_checkpointed(tiny_coco, tmp_pa
     fresh = build_object_bank(_cfg(tiny_coco, tmp_path / "x", **extra))
     fresh.load_state_dict(bank)
     assert fresh.state_dict().keys() == bank.keys()
+
+
+def test_random_init_with_frozen_backbone_warns(caplog):
+    """Frozen stages / BN statistics from random init freeze random filters: say so."""
+    import logging
+
+    caplog.set_level(logging.WARNING, logger="discobox")
+    trainer_mod._warn_random_init_frozen(load_config("discobox_r18_fpn_cpu"))
+    assert "model.backbone.frozen_stages=-1" in caplog.text
+    caplog.clear()
+    trainer_mod._warn_random_init_frozen(load_config("discobox_r18_fpn_cpu", {
+        "model.backbone.frozen_stages": -1, "model.backbone.norm_eval": False}))
+    trainer_mod._warn_random_init_frozen(load_config("discobox_r18_fpn_cpu", {
+        "model.backbone.weights": "/some/resnet18.pth"}))
+    assert caplog.text == ""

@@ -101,18 +101,19 @@ def test_meanfield_energy_decreases():
     box = torch.zeros((2, 10, 12))
     box[0, 1:9, 2:11] = 1
     box[1, 0:6, 0:7] = 1
-    kw = {"w_color": 2.0, "theta_color": 0.5, "w_spatial": 0.5, "theta_spatial": 1.0}
+    kw = {"w_color": 2.0, "theta_color": 0.5, "w_spatial": 0.5, "theta_spatial": 1.0,
+          "kernel_size": 3}
     energies = []
     for iters in range(7):
-        q = meanfield_crf(probs, box, img, iters=iters, **kw)
+        q = meanfield_crf(probs, box, img, iters=iters, schedule="colored", **kw)
         assert q.min() >= 0 and q.max() <= 1 and float((q * (1 - box)).sum()) == 0
         energies.append(energy(q, probs, box, img, **kw))
     e = torch.stack(energies)  # [iters, N]
     assert (e[1:] <= e[:-1] + 1e-4).all(), e
     assert (e[-1] < e[0] - 1e-2).all()  # and it actually moves
     # dilated neighbourhood (3 x 3 colour classes) also descends
-    q0 = meanfield_crf(probs, box, img, iters=0, dilation=2, **kw)
-    q3 = meanfield_crf(probs, box, img, iters=3, dilation=2, **kw)
+    q0 = meanfield_crf(probs, box, img, iters=0, dilation=2, schedule="colored", **kw)
+    q3 = meanfield_crf(probs, box, img, iters=3, dilation=2, schedule="colored", **kw)
     e0 = energy(q0, probs, box, img, dilation=2, **kw)
     e3 = energy(q3, probs, box, img, dilation=2, **kw)
     assert (e3 <= e0 + 1e-4).all()
@@ -123,7 +124,7 @@ def test_meanfield_follows_colour_regions():
     probs = torch.full((1, 10, 12), 0.45)
     probs[0, :, :6] = 0.7  # weakly fg on the left colour region, weakly bg on the right
     box = torch.ones((1, 10, 12))
-    q = meanfield_crf(probs, box, img, iters=5, w_color=1.0)
+    q = meanfield_crf(probs, box, img, iters=5, w_color=1.0, schedule="colored")
     assert float(q[0, :, :6].min()) > 0.9 and float(q[0, :, 6:].max()) < 0.2
     par = meanfield_crf(probs, box, img, iters=5, w_color=1.0, schedule="parallel")
     assert par.shape == q.shape and torch.isfinite(par).all()
@@ -166,3 +167,47 @@ def test_per_box_crop_equals_whole_image(mode):
         whole = crf_pseudo_labels(probs, boxes, image, mode=mode, crop=False, cross_term=ct)
         cropped = crf_pseudo_labels(probs, boxes, image, mode=mode, crop=True, cross_term=ct)
         torch.testing.assert_close(cropped, whole, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("kernel_size,dilation", [(3, 1), (7, 1), (5, 2)])
+def test_lattice_window_sum_equals_offset_loop(kernel_size, dilation):
+    """The unfold field of the mean-field update equals the per-offset reference sum, on the
+    whole grid (parallel schedule) and on one colour class (colored schedule)."""
+    from discobox.modeling.crf import _lattice_window_sum, _offsets, _window_sum, meanfield_kernel
+
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn((3, 11, 13), generator=g)
+    kernel = meanfield_kernel(torch.randn((3, 11, 13), generator=g), kernel_size=kernel_size,
+                              dilation=dilation)
+    ref = _window_sum(kernel, x, _offsets(kernel_size, dilation))
+    torch.testing.assert_close(_lattice_window_sum(kernel, x, kernel_size, dilation, 0, 0, 1), ref)
+    period = (kernel_size // 2) * dilation + 1
+    for a, b in [(0, 0), (1, period - 1), (period - 1, 2 % period)]:
+        got = _lattice_window_sum(kernel, x, kernel_size, dilation, a, b, period)
+        torch.testing.assert_close(got, ref[:, a::period, b::period])
+
+
+def test_meanfield_hard_option_binarises_marginals():
+    img = _two_region_image()
+    probs = torch.rand((2, 12, 12), generator=torch.Generator().manual_seed(2))
+    box = torch.zeros((2, 12, 12))
+    box[:, 1:11, 2:10] = 1
+    soft = crf_pseudo_labels(probs, box, img, mode="meanfield", params=CRFParams(iters=2))
+    hard = crf_pseudo_labels(probs, box, img, mode="meanfield",
+                             params=CRFParams(iters=2, hard=True))
+    assert set(hard.unique().tolist()) <= {0.0, 1.0}
+    torch.testing.assert_close(hard, (soft > 0.5).float())
+    assert float((soft * (1 - soft)).sum()) > 0  # the default really is soft
+
+
+def test_meanfield_config_reaches_params():
+    from discobox.config import load_config
+    from discobox.modeling.build import crf_params
+
+    cfg = load_config("discobox_r18_fpn_cpu", {"crf.mf_kernel_size": 5, "crf.hard": True,
+                                               "crf.schedule": "parallel", "crf.prob_clamp": 0.1})
+    p = crf_params(cfg)
+    assert (p.mf_kernel_size, p.hard, p.schedule, p.prob_clamp) == (5, True, "parallel", 0.1)
+    assert p.kernel_size == 3  # the faithful window stays the official one
+    with pytest.raises(ValueError, match="crf.schedule"):
+        load_config("discobox_r18_fpn_cpu", {"crf.schedule": "random"})

@@ -96,6 +96,19 @@ def _autocast(device: torch.device, amp: str):
     return torch.autocast("cuda", dtype=dtype)
 
 
+def _warn_random_init_frozen(cfg: Config) -> None:
+    """Frozen stages and frozen BN statistics (§2.2) assume pretrained weights: from random init
+    they freeze random filters and make every BatchNorm the identity."""
+    b = cfg.model.backbone
+    if b.weights is None and (b.frozen_stages >= 0 or b.norm_eval):
+        logger.warning(
+            "model.backbone.weights is not set: training from random init with frozen stages "
+            "(%d) and frozen BatchNorm statistics (%s), the settings meant for pretrained "
+            "weights. From scratch, model.backbone.frozen_stages=-1 "
+            "model.backbone.norm_eval=false trains every stage and BN (lower loss at the same "
+            "iteration in BENCHMARKS.md).", b.frozen_stages, b.norm_eval)
+
+
 def train(cfg: Config, *, resume: bool = False) -> dict[str, Any]:
     """Train ``cfg``; returns the final metrics (and ``output_dir``, ``iteration``)."""
     device = du.resolve_device(cfg.train.device)
@@ -116,6 +129,7 @@ def train(cfg: Config, *, resume: bool = False) -> dict[str, Any]:
     seed_everything(cfg.train.seed + rank)
 
     dataset = build_train_dataset(cfg)
+    _warn_random_init_frozen(cfg)
     model = build_model(cfg).to(device)
     criterion = build_criterion(cfg)
     bank = build_object_bank(cfg)  # lives outside the model, updated below (§5.2)

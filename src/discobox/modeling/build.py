@@ -65,7 +65,10 @@ def build_model(cfg: Config) -> SOLOv2:
 def crf_params(cfg: Config) -> CRFParams:
     c = cfg.crf
     return CRFParams(iters=c.iters, kernel_size=c.kernel_size, alpha0=c.alpha0, theta0=c.theta0,
-                     theta1=c.theta1, base=c.base)
+                     theta1=c.theta1, base=c.base, mf_kernel_size=c.mf_kernel_size,
+                     dilation=c.mf_dilation, w_color=c.w_color, theta_color=c.theta_color,
+                     w_spatial=c.w_spatial, theta_spatial=c.theta_spatial,
+                     prob_clamp=c.prob_clamp, schedule=c.schedule, hard=c.hard)
 
 
 def build_object_bank(cfg: Config) -> ObjectBank | None:

@@ -140,7 +140,7 @@ def faithful_crf(
 def meanfield_kernel(
     image_q: Tensor,
     *,
-    kernel_size: int = 3,
+    kernel_size: int = 7,
     dilation: int = 1,
     w_color: float = 1.0,
     theta_color: float = 0.5,
@@ -175,6 +175,28 @@ def meanfield_kernel(
     return torch.stack(out)
 
 
+_MF_CHUNK_ELEMS = 1 << 24  # unfolded values per chunk of objects (64 MiB in fp32)
+
+
+def _lattice_window_sum(
+    kernel: Tensor, x: Tensor, kernel_size: int, dilation: int, a: int, b: int, step: int
+) -> Tensor:
+    """``sum_j kernel[j, p] * x[:, p + d_j]`` (zero padded) for the pixels ``p = (a + step i,
+    b + step j)`` only, via one ``F.unfold``: ``[N, ceil((h - a) / step), ceil((w - b) / step)]``.
+
+    With ``step = 1`` this is :func:`_window_sum` for every pixel in one strided op instead of one
+    op per offset; with ``step = period`` it is the field on one colour class of the "colored"
+    schedule at ``1 / period^2`` of the cost.
+    """
+    n, h, w = x.shape
+    r = (kernel_size // 2) * dilation
+    xp = F.pad(x, (r, r, r, r))[:, a:, b:]
+    cols = F.unfold(xp[:, None], kernel_size, dilation=dilation, stride=step)  # [N, K, L]
+    hb, wb = len(range(a, h, step)), len(range(b, w, step))
+    kern = kernel[:, a::step, b::step].reshape(kernel.shape[0], 1, -1)  # [K, 1, L]
+    return (cols.transpose(0, 1) * kern).sum(dim=0).view(n, hb, wb)
+
+
 def _unary_logit(
     probs: Tensor, prob_clamp: float, cross_term: Tensor | None, cross_weight: float
 ) -> Tensor:
@@ -197,10 +219,10 @@ def meanfield_crf(
     theta_color: float = 0.5,
     w_spatial: float = 0.25,
     theta_spatial: float = 1.0,
-    kernel_size: int = 3,
+    kernel_size: int = 7,
     dilation: int = 1,
-    prob_clamp: float = 0.05,
-    schedule: str = "colored",
+    prob_clamp: float = 0.2,
+    schedule: str = "parallel",
     cross_term: Tensor | None = None,
     cross_weight: float = 1.0,
 ) -> Tensor:
@@ -212,9 +234,12 @@ def meanfield_crf(
     ``Q_l(p) = softmax_l(-U_l(p) - sum_q k(p, q) Q_{not l}(q))``, i.e. for the binary case
     ``Q_fg = M * sigmoid(logit(p) + sum_q k(p, q) (2 Q_fg(q) - 1))``.
 
-    ``schedule="colored"`` (default) updates the pixel classes ``(y mod P, x mod P)``,
+    ``schedule="colored"`` updates the pixel classes ``(y mod P, x mod P)``,
     ``P = (kernel_size // 2) * dilation + 1``, one after another: exact block-coordinate descent
-    of :func:`energy`, monotone. ``"parallel"`` updates all pixels at once (Krähenbühl).
+    of :func:`energy`, provably monotone. ``"parallel"`` (default) updates all pixels at once
+    (Krähenbühl): no guarantee, but with the default kernels its energy fell at every sweep on
+    all 22 objects of the synthetic val images checked, it reached the same mask quality
+    (IoU 0.734 vs 0.731) and it costs ``P^2`` times fewer window sums (4.5x faster there).
 
     Args:
         probs: ``float[N, h, w]`` initial foreground probabilities ((T+S)/2, §4.4).
@@ -239,21 +264,27 @@ def meanfield_crf(
         w_spatial=w_spatial,
         theta_spatial=theta_spatial,
     )
-    offs = _offsets(kernel_size, dilation)
     unary = _unary_logit(probs, prob_clamp, cross_term, cross_weight)
     q = torch.sigmoid(unary) * m
     h, w = q.shape[-2:]
     if schedule == "parallel":
-        blocks = [torch.ones((h, w), dtype=torch.bool, device=q.device)]
+        lattices = [(0, 0, 1)]
     else:
         period = (kernel_size // 2) * dilation + 1
-        ys = torch.arange(h, device=q.device)[:, None] % period
-        xs = torch.arange(w, device=q.device)[None, :] % period
-        blocks = [(ys == a) & (xs == b) for a in range(period) for b in range(period)]
+        lattices = [(a, b, period) for a in range(period) for b in range(period)]
+    # Objects in chunks: the unfolded windows hold N * k^2 * h * w values per sweep.
+    chunk = max(1, _MF_CHUNK_ELEMS // max(1, kernel_size**2 * h * w))
     for _ in range(iters):
-        for block in blocks:
-            new = torch.sigmoid(unary + _window_sum(kernel, 2.0 * q - 1.0, offs)) * m
-            q = torch.where(block, new, q)
+        for a, b, step in lattices:
+            for s in range(0, q.shape[0], chunk):
+                sl = slice(s, s + chunk)
+                field = _lattice_window_sum(kernel, 2.0 * q[sl] - 1.0, kernel_size, dilation,
+                                            a, b, step)
+                new = torch.sigmoid(unary[sl, a::step, b::step] + field) * m[sl, a::step, b::step]
+                if step == 1:
+                    q[sl] = new
+                else:
+                    q[sl, a::step, b::step] = new
     return q
 
 
@@ -267,9 +298,9 @@ def energy(
     theta_color: float = 0.5,
     w_spatial: float = 0.25,
     theta_spatial: float = 1.0,
-    kernel_size: int = 3,
+    kernel_size: int = 7,
     dilation: int = 1,
-    prob_clamp: float = 0.05,
+    prob_clamp: float = 0.2,
     cross_term: Tensor | None = None,
     cross_weight: float = 1.0,
 ) -> Tensor:
@@ -318,8 +349,12 @@ class CRFParams:
 
     Faithful (METHOD.md §4.3, cfg:r50:51-65): ``iters=10``, ``kernel_size=3``, ``alpha0=2``,
     ``theta0=0.5``, ``theta1=30``, ``base=0.1``, ``gamma=0.01``. The mean-field mode uses
-    ``iters``, ``kernel_size`` and its own ``w_color``, ``theta_color``, ``w_spatial``,
-    ``theta_spatial``, ``dilation``, ``prob_clamp``, ``schedule``, ``cross_weight``.
+    ``iters`` and its own ``mf_kernel_size``, ``dilation``, ``w_color``, ``theta_color``,
+    ``w_spatial``, ``theta_spatial``, ``prob_clamp``, ``schedule``, ``cross_weight`` and
+    ``hard`` (return ``1[Q_fg > 0.5]`` instead of the marginals). Its defaults (7x7 window,
+    unary clamp 0.2) come from a sweep of the CRF as a refiner of trained students' masks on
+    the synthetic set: mean IoU with the ground truth 0.73 against 0.54 for the old 3x3 / 0.05
+    defaults and 0.58 for the faithful mode (BENCHMARKS.md "Mean-field tuning").
     """
 
     iters: int = 10
@@ -333,10 +368,12 @@ class CRFParams:
     theta_color: float = 0.5
     w_spatial: float = 0.25
     theta_spatial: float = 1.0
+    mf_kernel_size: int = 7
     dilation: int = 1
-    prob_clamp: float = 0.05
-    schedule: str = "colored"
+    prob_clamp: float = 0.2
+    schedule: str = "parallel"
     cross_weight: float = 1.0
+    hard: bool = False
 
 
 CRF_MODES = ("faithful", "meanfield")
@@ -395,7 +432,7 @@ def crf_pseudo_labels(
                 cross_term=cross_term,
             )
         if mode == "meanfield":
-            return meanfield_crf(
+            q = meanfield_crf(
                 probs,
                 box_masks,
                 image_q,
@@ -404,13 +441,14 @@ def crf_pseudo_labels(
                 theta_color=p.theta_color,
                 w_spatial=p.w_spatial,
                 theta_spatial=p.theta_spatial,
-                kernel_size=p.kernel_size,
+                kernel_size=p.mf_kernel_size,
                 dilation=p.dilation,
                 prob_clamp=p.prob_clamp,
                 schedule=p.schedule,
                 cross_term=cross_term,
                 cross_weight=p.cross_weight,
             )
+            return (q > 0.5).float() if p.hard else q
     raise ValueError(f"unknown CRF mode {mode!r}; expected one of {CRF_MODES}")
 
 
@@ -427,7 +465,8 @@ def _per_box(
     out = torch.zeros_like(probs, dtype=torch.float32)
     h, w = probs.shape[-2:]
     dilation = params.dilation if mode == "meanfield" else 1
-    r = (params.kernel_size // 2) * dilation
+    ksize = params.mf_kernel_size if mode == "meanfield" else params.kernel_size
+    r = (ksize // 2) * dilation
     period = r + 1
     inside = box_masks > 0
     rows, cols = inside.any(dim=2), inside.any(dim=1)  # [N, h], [N, w]
