@@ -15,11 +15,12 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
 import discobox.pseudo_label as pl
+from discobox.box_baselines import box_masks, grabcut_mask
 from discobox.cli import main
 from discobox.config import load_config
 from discobox.engine.evaluator import encode_mask
 from discobox.modeling.build import build_model
-from discobox.pseudo_label import box_masks, grabcut_mask, pseudo_label
+from discobox.pseudo_label import pseudo_label
 
 
 @pytest.fixture(autouse=True)

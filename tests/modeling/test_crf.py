@@ -173,17 +173,18 @@ def test_per_box_crop_equals_whole_image(mode):
 def test_lattice_window_sum_equals_offset_loop(kernel_size, dilation):
     """The unfold field of the mean-field update equals the per-offset reference sum, on the
     whole grid (parallel schedule) and on one colour class (colored schedule)."""
-    from discobox.modeling.crf import _lattice_window_sum, _offsets, _window_sum, meanfield_kernel
+    from discobox.modeling.crf_window import lattice_window_sum, offsets, window_sum
+    from discobox.modeling.meanfield import meanfield_kernel
 
     g = torch.Generator().manual_seed(1)
     x = torch.randn((3, 11, 13), generator=g)
     kernel = meanfield_kernel(torch.randn((3, 11, 13), generator=g), kernel_size=kernel_size,
                               dilation=dilation)
-    ref = _window_sum(kernel, x, _offsets(kernel_size, dilation))
-    torch.testing.assert_close(_lattice_window_sum(kernel, x, kernel_size, dilation, 0, 0, 1), ref)
+    ref = window_sum(kernel, x, offsets(kernel_size, dilation))
+    torch.testing.assert_close(lattice_window_sum(kernel, x, kernel_size, dilation, 0, 0, 1), ref)
     period = (kernel_size // 2) * dilation + 1
     for a, b in [(0, 0), (1, period - 1), (period - 1, 2 % period)]:
-        got = _lattice_window_sum(kernel, x, kernel_size, dilation, a, b, period)
+        got = lattice_window_sum(kernel, x, kernel_size, dilation, a, b, period)
         torch.testing.assert_close(got, ref[:, a::period, b::period])
 
 

@@ -1,0 +1,53 @@
+"""Local-window sums over a pixel neighbourhood, shared by both CRF modes (METHOD.md §4.3).
+
+``window_sum`` is the reference (one shifted copy per offset, zero padding);
+``lattice_window_sum`` computes the same sum with one ``F.unfold``, optionally on one colour
+class of pixels only (the mean-field "colored" schedule).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def offsets(kernel_size: int, dilation: int = 1) -> list[tuple[int, int]]:
+    """Window offsets ``(dy, dx)`` in row-major order, as ``nn.Unfold`` enumerates them."""
+    r = kernel_size // 2
+    return [(dy * dilation, dx * dilation) for dy in range(-r, r + 1) for dx in range(-r, r + 1)]
+
+
+def shifted(x: Tensor, offs: list[tuple[int, int]]) -> list[Tensor]:
+    """``x[..., y + dy, x + dx]`` for each offset, zero outside the image. ``x: [..., h, w]``."""
+    h, w = x.shape[-2:]
+    pad = max(max(abs(dy), abs(dx)) for dy, dx in offs)
+    xp = F.pad(x, (pad, pad, pad, pad))
+    return [xp[..., pad + dy : pad + dy + h, pad + dx : pad + dx + w] for dy, dx in offs]
+
+
+def window_sum(kernel: Tensor, x: Tensor, offs: list[tuple[int, int]]) -> Tensor:
+    """``sum_j kernel[j, p] * x[..., p + delta_j]`` with zero padding. ``kernel: [K, h, w]``."""
+    out = torch.zeros_like(x)
+    for j, nb in enumerate(shifted(x, offs)):
+        out = out + kernel[j] * nb
+    return out
+
+
+def lattice_window_sum(
+    kernel: Tensor, x: Tensor, kernel_size: int, dilation: int, a: int, b: int, step: int
+) -> Tensor:
+    """``sum_j kernel[j, p] * x[:, p + d_j]`` (zero padded) for the pixels ``p = (a + step i,
+    b + step j)`` only, via one ``F.unfold``: ``[N, ceil((h - a) / step), ceil((w - b) / step)]``.
+
+    With ``step = 1`` this is :func:`window_sum` for every pixel in one strided op instead of one
+    op per offset; with ``step = period`` it is the field on one colour class of the "colored"
+    schedule at ``1 / period^2`` of the cost.
+    """
+    n, h, w = x.shape
+    r = (kernel_size // 2) * dilation
+    xp = F.pad(x, (r, r, r, r))[:, a:, b:]
+    cols = F.unfold(xp[:, None], kernel_size, dilation=dilation, stride=step)  # [N, K, L]
+    hb, wb = len(range(a, h, step)), len(range(b, w, step))
+    kern = kernel[:, a::step, b::step].reshape(kernel.shape[0], 1, -1)  # [K, 1, L]
+    return (cols.transpose(0, 1) * kern).sum(dim=0).view(n, hb, wb)
