@@ -131,11 +131,11 @@ def test_random_init_with_frozen_backbone_warns(caplog):
     import logging
 
     caplog.set_level(logging.WARNING, logger="discobox")
-    trainer_mod._warn_random_init_frozen(load_config("discobox_r18_fpn_cpu"))
+    trainer_mod._warn_random_init_frozen(load_config("discobox_r50_fpn_3x_coco"))
     assert "model.backbone.frozen_stages=-1" in caplog.text
     caplog.clear()
-    trainer_mod._warn_random_init_frozen(load_config("discobox_r18_fpn_cpu", {
+    trainer_mod._warn_random_init_frozen(load_config("discobox_r50_fpn_3x_coco", {
         "model.backbone.frozen_stages": -1, "model.backbone.norm_eval": False}))
-    trainer_mod._warn_random_init_frozen(load_config("discobox_r18_fpn_cpu", {
-        "model.backbone.weights": "/some/resnet18.pth"}))
+    trainer_mod._warn_random_init_frozen(load_config("discobox_r50_fpn_3x_coco", {
+        "model.backbone.weights": "/some/resnet50.pth"}))
     assert caplog.text == ""
