@@ -21,13 +21,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from common import OUT, markdown_table
-from PIL import Image
-from pycocotools import mask as mask_utils
 
+from discobox.data.coco import decode_segmentation, read_image
+from discobox.data.loader import collate
+from discobox.data.transforms import build_transforms
 from discobox.modeling.box_conditioned import BoxConditionedInference
 from discobox.modeling.build import crf_params, load_model
 from discobox.modeling.crf import CRFParams, crf_pseudo_labels
 from discobox.modeling.head import dynamic_mask_logits
+from discobox.structures import Instances
 
 # (row name, mode, CRFParams overrides); the meanfield rows vary one thing at a time.
 SETTINGS: list[tuple[str, str, dict]] = [
@@ -47,44 +49,38 @@ SETTINGS: list[tuple[str, str, dict]] = [
 ]
 
 
-def _gt_quarter(ann: dict, height: int, width: int, size: tuple[int, int],
-                padded: tuple[int, int]) -> torch.Tensor:
-    seg = ann["segmentation"]
-    rle = mask_utils.frPyObjects(seg, height, width) if isinstance(seg, list) else seg
-    m = mask_utils.decode(mask_utils.merge(rle) if isinstance(rle, list) else rle)
-    m = torch.from_numpy(m.astype(np.float32))[None, None]
-    m = F.interpolate(m, size=size, mode="bilinear", align_corners=False)[0, 0]
-    full = torch.zeros(padded)
-    full[: size[0], : size[1]] = m
-    return F.avg_pool2d(full[None], 4)[0] > 0.5
-
-
 def student_masks(model, cfg, root: Path, n_images: int):
-    """Yield ``(soft [N, h, w], box masks, gt masks, quarter image)`` per val image."""
+    """Yield ``(soft [N, h, w], box masks, gt masks, quarter image)`` per val image.
+
+    The image goes through the project's own test pipeline (``read_image``, the test
+    ``Resize``, ``collate``), which also resizes the GT boxes and masks (nearest, as in training).
+    """
     val = json.loads((root / "val.json").read_text())
     anns: dict[int, list[dict]] = {}
     for a in val["annotations"]:
         if not a.get("iscrowd", 0) and "segmentation" in a:
             anns.setdefault(a["image_id"], []).append(a)
     infer = BoxConditionedInference(scale_ranges=cfg.model.scale_ranges)
-    long_side, short_side = cfg.data.test_scale
+    transforms = build_transforms(train=False, scales=[cfg.data.test_scale])
     for im in [i for i in val["images"] if i["id"] in anns][:n_images]:
         A = anns[im["id"]]
-        img = np.array(Image.open(root / "images" / im["file_name"]).convert("RGB"))
+        img = read_image(root / "images" / im["file_name"])
         H, W = img.shape[:2]
-        s = min(short_side / min(H, W), long_side / max(H, W))
-        h, w = round(H * s), round(W * s)
-        ph, pw = -(-h // 32) * 32, -(-w // 32) * 32
-        x = torch.from_numpy(img).permute(2, 0, 1).float()[None]
-        x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False)
-        batch = torch.zeros(1, 3, ph, pw)
-        batch[..., :h, :w] = x
+        gt = Instances(
+            boxes=torch.tensor([[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2],
+                                 a["bbox"][1] + a["bbox"][3]] for a in A], dtype=torch.float32),
+            labels=torch.zeros(len(A), dtype=torch.int64),
+            masks=torch.from_numpy(np.stack([decode_segmentation(a["segmentation"], H, W)
+                                             for a in A])),
+        )
+        batch = collate([transforms({"image": img, "instances": gt, "orig_size": (H, W),
+                                     "file_name": im["file_name"]})])
+        (h, w), (ph, pw) = batch.image_sizes[0], batch.images.shape[-2:]
         with torch.no_grad():
-            out = model(batch, [(h, w)])
+            out = model(batch.images, batch.image_sizes)
         mf = out.mask_feat[0].float()
         qh, qw = mf.shape[-2:]
-        boxes = torch.tensor([[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2],
-                               a["bbox"][1] + a["bbox"][3]] for a in A]).float() * s
+        boxes = batch.targets[0].boxes
         grids = [k.shape[-1] for k in out.kernels]
         level, rows, cols = infer.select_cells(boxes, padded_size=(ph, pw), num_grids=grids)
         kern = torch.stack([out.kernels[int(lv)][0].flatten(1)[:, int(r) * grids[int(lv)] + int(c)]
@@ -93,9 +89,11 @@ def student_masks(model, cfg, root: Path, n_images: int):
         box_q = torch.zeros(len(A), qh, qw)
         for k, b in enumerate((boxes / 4).tolist()):
             box_q[k, int(b[1]): int(np.ceil(b[3])), int(b[0]): int(np.ceil(b[2]))] = 1
-        gt = torch.stack([_gt_quarter(a, H, W, (h, w), (ph, pw)) for a in A])
+        masks = torch.zeros(len(A), ph, pw)
+        masks[:, :h, :w] = batch.targets[0].masks.float()
+        gt_q = F.avg_pool2d(masks, 4) > 0.5
         image_q = F.interpolate(out.images, size=(qh, qw), mode="bilinear", align_corners=True)[0]
-        yield soft, box_q, gt, image_q
+        yield soft, box_q, gt_q, image_q
 
 
 def _iou(pred: torch.Tensor, gt: torch.Tensor) -> list[float]:

@@ -105,7 +105,7 @@ class CRFConfig:
     w_spatial: float = 0.25
     theta_spatial: float = 1.0
     prob_clamp: float = 0.2
-    schedule: str = "parallel"  # or "colored": provably monotone, ~4.5x slower
+    schedule: str = "parallel"  # or "colored": provably monotone, ~4.4x slower
     hard: bool = False  # binarise the marginals at 0.5 (targets like the faithful mode's)
 
 

@@ -100,7 +100,8 @@ def meanfield_crf(
     of :func:`energy`, provably monotone. ``"parallel"`` (default) updates all pixels at once
     (Krähenbühl): no guarantee, but with the default kernels its energy fell at every sweep on
     all 22 objects of the synthetic val images checked, it reached the same mask quality
-    (IoU 0.734 vs 0.731) and it costs ``P^2`` times fewer window sums (4.5x faster there).
+    (IoU 0.734 vs 0.731) and it costs ``P^2`` times fewer window sums (4.4x faster there,
+    BENCHMARKS.md "Mean-field tuning").
 
     Args:
         probs: ``float[N, h, w]`` initial foreground probabilities ((T+S)/2, §4.4).
