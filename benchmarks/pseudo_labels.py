@@ -1,6 +1,7 @@
 """Box-conditioned pseudo-mask quality on the ../shared/data val splits, one row per method.
 
     python benchmarks/pseudo_labels.py                                   # box + GrabCut
+    python benchmarks/pseudo_labels.py --methods grabcut --grabcut-context 1   # GrabCut on crops
     python benchmarks/pseudo_labels.py --methods "" \
         --model droplets=benchmarks/out/quality/droplets/faithful/model_final.pth
 
@@ -27,6 +28,9 @@ def main() -> None:
     ap.add_argument("--model", action="append", default=[], metavar="DATASET=WEIGHTS",
                     help="trained weights for the model method on one data set (repeatable)")
     ap.add_argument("--tag", default="model", help="row name for --model results")
+    ap.add_argument("--grabcut-context", type=float, default=None, metavar="C",
+                    help="GrabCut on the box grown by C x its size (row grabcut_cC) instead of "
+                         "the full image")
     ap.add_argument("--out", type=Path, default=OUT / "pseudo_labels.json")
     args = ap.parse_args()
     path = args.out
@@ -35,13 +39,16 @@ def main() -> None:
     for ds in args.datasets.split(","):
         root = Path(ds) if Path(ds).is_dir() else shared_data() / ds
         ds = root.name
-        jobs = [(m, m, None) for m in args.methods.split(",") if m]
+        ctx = args.grabcut_context
+        jobs = [(f"grabcut_c{ctx:g}" if m == "grabcut" and ctx is not None else m, m, None)
+                for m in args.methods.split(",") if m]
         if ds in weights:
             jobs.append((args.tag, "model", weights[ds]))
         for row, method, w in jobs:
             s = pseudo_label(boxes_json=root / "val.json", images_dir=root / "images",
                              out_json=OUT / "pseudo" / f"{ds}_{row}.json", method=method,
-                             weights=w, device="cpu", evaluate=True, progress=True)
+                             weights=w, device="cpu", evaluate=True, progress=True,
+                             grabcut_context=ctx if method == "grabcut" else None)
             table.setdefault(ds, {})[row] = {"mean_iou": s["mean_iou"], "segm/AP": s["segm/AP"],
                                              "boxes": s["boxes"], "seconds": s["seconds"],
                                              "weights": w}

@@ -123,13 +123,48 @@ def test_grabcut_mask_confined_and_fallbacks():
     assert not ok and filled.all()
 
 
+def test_grabcut_context_runs_on_a_crop_around_the_box(monkeypatch):
+    img = np.full((120, 160, 3), 30, np.uint8)
+    cv2.circle(img, (110, 40), 9, (220, 200, 40), -1)
+    full, ok_full = grabcut_mask(img, [96, 26, 124, 54])
+    assert ok_full and full[40, 110]
+    calls = []
+    real = cv2.grabCut
+
+    def spy(image, mask, rect, *args):
+        calls.append((image.shape[:2], rect))
+        return real(image, mask, rect, *args)
+
+    monkeypatch.setattr(cv2, "grabCut", spy)
+    # box 28x28, context 0.5 -> 14 px per side; clipped at the top (y0 = 26 - 14 = 12 >= 0 kept)
+    mask, ok = grabcut_mask(img, [96, 26, 124, 54], context=0.5)
+    assert calls[-1] == ((56, 56), (14, 14, 28, 28))
+    assert ok and mask.shape == (120, 160) and mask[40, 110]  # placed back at image coordinates
+    assert not mask[:26].any() and not mask[:, 124:].any() and not mask[:, :96].any()
+    assert (mask ^ full).sum() <= 0.05 * full.sum()  # same object either way on this easy case
+    # a box at the image corner: the crop is clipped; tiny context still gets >= 8 px of margin
+    grabcut_mask(img, [0, 0, 20, 20], context=0.0)
+    assert calls[-1] == ((28, 28), (0, 0, 20, 20))
+    with pytest.raises(ValueError, match="context"):
+        grabcut_mask(img, [0, 0, 20, 20], context=-1.0)
+
+
 def test_grabcut_method_on_tiny_coco(tiny_coco, tmp_path):
     out = tmp_path / "grabcut.json"
     summary = pseudo_label(boxes_json=tiny_coco / "val.json", images_dir=tiny_coco / "images",
                            out_json=out, method="grabcut", evaluate=True, progress=False)
     assert summary["labelled"] == summary["boxes"] > 0
     assert summary["num_evaluated"] == summary["boxes"] and 0 < summary["mean_iou"] <= 1
+    assert summary["grabcut_context"] is None
     _check_output(tiny_coco / "val.json", out)
+    crop = pseudo_label(boxes_json=tiny_coco / "val.json", images_dir=tiny_coco / "images",
+                        out_json=tmp_path / "crop.json", method="grabcut", evaluate=True,
+                        progress=False, grabcut_context=0.5)
+    assert crop["grabcut_context"] == 0.5 and crop["labelled"] == summary["labelled"]
+    _check_output(tiny_coco / "val.json", tmp_path / "crop.json")
+    with pytest.raises(ValueError, match="grabcut_context"):
+        pseudo_label(boxes_json=tiny_coco / "val.json", images_dir=tiny_coco / "images",
+                     out_json=tmp_path / "bad.json", method="grabcut", grabcut_context=float("nan"))
 
 
 def test_model_method_round_trip_and_chunks(tiny_coco, tiny_weights, tmp_path):
@@ -270,6 +305,11 @@ def test_cli_end_to_end(tiny_coco, tiny_weights, tmp_path, capsys):
     rc = main(["pseudo-label", "--boxes", str(tiny_coco / "val.json"), "--images",
                str(tiny_coco / "images"), "--out", str(tmp_path / "x.json")])
     assert rc == 2 and "--weights" in capsys.readouterr().err
+    rc = main(["pseudo-label", "--boxes", str(tiny_coco / "val.json"), "--images",
+               str(tiny_coco / "images"), "--out", str(tmp_path / "gc.json"), "--method",
+               "grabcut", "--grabcut-context", "0.5", "--no-progress", "--summary-out",
+               str(summary)])
+    assert rc == 0 and json.loads(summary.read_text())["grabcut_context"] == 0.5
 
 
 def test_output_written_atomically(tiny_coco, tmp_path, monkeypatch):
