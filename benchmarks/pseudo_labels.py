@@ -51,14 +51,18 @@ def main() -> None:
                              grabcut_context=ctx if method == "grabcut" else None)
             table.setdefault(ds, {})[row] = {"mean_iou": s["mean_iou"], "segm/AP": s["segm/AP"],
                                              "boxes": s["boxes"], "seconds": s["seconds"],
+                                             "fallback_box": s["fallback_box"],
+                                             "fallback_neighbour": s["fallback_neighbour"],
                                              "weights": w}
             print(ds, row, table[ds][row], flush=True)
             path.write_text(json.dumps(table, indent=2))
     rows = []
     for ds, methods in table.items():
         for row, s in methods.items():
-            rows.append([ds, row, s["mean_iou"], s["segm/AP"], s["boxes"], s["seconds"]])
-    print(markdown_table(["set", "method", "mean IoU", "mask AP", "boxes", "seconds"], rows))
+            rows.append([ds, row, s["mean_iou"], s["segm/AP"], s["boxes"],
+                         s.get("fallback_box", "?"), s["seconds"]])
+    print(markdown_table(["set", "method", "mean IoU", "mask AP", "boxes", "filled-box fallbacks",
+                          "seconds"], rows))
 
 
 if __name__ == "__main__":

@@ -59,6 +59,32 @@ def test_select_cells_equals_best_target_single():
         assert int(lt.grid_index[k]) == int(rows[n]) * grids[int(level[n])] + int(cols[n])
 
 
+def test_select_cells_keeps_to_levels_the_box_was_trained_on():
+    """Scale 40 with the official ranges: level 1's mid (96) is nearer than level 0's (9.8), but
+    only level 0's range (1-96) holds 40, so only level 0 had it as a positive (§3.2)."""
+    from discobox.modeling.targets import assign_targets
+
+    ranges = ((1, 96), (48, 192), (96, 384), (192, 768), (384, 2048))
+    grids, padded = (40, 36, 24, 16, 12), (256, 320)
+    boxes = torch.tensor([[100.0, 100.0, 140.0, 140.0],  # scale 40: the band
+                          [10.0, 10.0, 70.0, 70.0],  # scale 60: levels 0 and 1, 1 nearer
+                          [0.0, 0.0, 3000.0, 2500.0]])  # above every range: nearest mid
+    level, rows, cols = BoxConditionedInference(scale_ranges=ranges).select_cells(
+        boxes, padded_size=padded, num_grids=grids)
+    assert level.tolist() == [0, 1, 4]
+    one = Instances(boxes=boxes[:1], labels=torch.zeros(1, dtype=torch.long))
+    best = assign_best_targets([one], padded_size=padded, num_classes=1, num_grids=grids,
+                               scale_ranges=ranges)
+    assert best[1].gt_index.numel() == 1  # best_target_single alone would pick level 1
+    trained = assign_targets([Instances(boxes=boxes[:2], labels=torch.zeros(2, dtype=torch.long))],
+                             padded_size=padded, num_classes=1, num_grids=grids,
+                             scale_ranges=ranges, use_masks=False)
+    for n in range(2):  # the chosen cell is a positive of the training targets at that level
+        lt = trained[int(level[n])]
+        cells = lt.grid_index[lt.gt_index == n].tolist()
+        assert int(rows[n]) * grids[int(level[n])] + int(cols[n]) in cells
+
+
 def _head_output(center_value: float, neighbour_value: float) -> HeadOutput:
     """One level with a 4x4 grid, E = 1, mask_feat = 1: a cell's mask logit is its kernel."""
     kernels = torch.zeros(1, 1, 4, 4)

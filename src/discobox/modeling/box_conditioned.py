@@ -6,9 +6,16 @@ intent, following the reconstruction of §8.1 step by step:
 
 1. each box (original image frame) is rescaled to the test scale exactly as ``Resize`` does it
    (factors ``w_img / W0`` and ``h_img / H0``, clipped to the resized image);
-2. its level and cell are those of ``best_target_single`` (§3.4): the level minimising
-   ``max(mid / scale, scale / mid)`` with ``scale = sqrt(w * h)`` of the rescaled box, and the
-   cell ``floor(c / H_pad * S)`` of the centre of mass of the rounded, inclusive box mask (§3.3),
+2. its level: ``best_target_single``'s rule (§3.4), the level minimising
+   ``max(mid / scale, scale / mid)`` with ``scale = sqrt(w * h)`` of the rescaled box, but only
+   among the levels whose inclusive ``scale_ranges`` contain the scale, i.e. the levels the
+   training targets (§3.2) make it a positive of (all levels if none does). Design decision:
+   ``best_target_single`` alone picks, for scales between the point where two mids are equally
+   far and the next range's lower bound, a level the object was never trained on (official
+   ranges: 30.7-48 px goes to level 1, trained on level 0 only; the CPU recipe: 22.6-32 px),
+   and the kernel there gives an empty mask (droplets at short side 256, median object 27 px:
+   138 of 169 boxes fell back to the filled box before, BENCHMARKS.md). Its cell is
+   ``floor(c / H_pad * S)`` of the centre of mass of the rounded, inclusive box mask (§3.3),
    with ``H_pad, W_pad = 4 h, 4 w`` the padded size;
 3. that cell's kernel gives ``sigmoid(kernel . mask_feat)`` (§2.7);
 4. the soft mask is pasted as in §7 step 10 (bilinear x4, crop to the resized image, bilinear to
@@ -125,7 +132,8 @@ class BoxConditionedInference:
 
     Args:
         mask_thr: binarisation threshold of the pasted soft mask (``cfg.test.mask_thr``).
-        scale_ranges: per-level ``(lo, hi)``; their geometric means pick the level (§3.4).
+        scale_ranges: per-level inclusive ``(lo, hi)`` of training (§3.2); among the levels
+            containing a box's scale, the nearest geometric mean picks (§3.4, step 2 above).
         neighbour_fallback: try the 3x3 neighbourhood when the centre cell's mask is empty.
         chunk_size: boxes whose 1/4-res soft masks are held at a time.
     """
@@ -141,14 +149,15 @@ class BoxConditionedInference:
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
         self.mask_thr = mask_thr
-        self.mids = scale_mids([(float(lo), float(hi)) for lo, hi in scale_ranges])
+        self.ranges = [(float(lo), float(hi)) for lo, hi in scale_ranges]
+        self.mids = scale_mids(self.ranges)
         self.neighbour_fallback = neighbour_fallback
         self.chunk_size = chunk_size
 
     def select_cells(
         self, boxes: Tensor, *, padded_size: tuple[int, int], num_grids: Sequence[int]
     ) -> tuple[Tensor, Tensor, Tensor]:
-        """Level and cell of each box, as ``best_target_single`` (§3.4).
+        """Level and cell of each box (module docstring, step 2).
 
         Args:
             boxes: ``float[N, 4]`` xyxy in the resized (test-scale) frame.
@@ -162,7 +171,11 @@ class BoxConditionedInference:
         wh = (boxes[:, 2:] - boxes[:, :2]).clamp(min=0)
         scale = torch.sqrt(wh[:, 0] * wh[:, 1]).clamp(min=1e-6)[:, None]
         mids = torch.tensor(self.mids[: len(num_grids)], dtype=torch.float32)
-        level = torch.maximum(mids / scale, scale / mids).argmin(dim=1)
+        lo, hi = torch.tensor(self.ranges[: len(num_grids)], dtype=torch.float32).T
+        dist = torch.maximum(mids / scale, scale / mids)
+        trained = (scale >= lo) & (scale <= hi)  # the levels whose targets hold the box (§3.2)
+        dist = torch.where(trained | ~trained.any(dim=1, keepdim=True), dist, torch.inf)
+        level = dist.argmin(dim=1)
         center = box_center_of_mass(boxes, padded_size)  # (c_y, c_x)
         grids = torch.tensor(list(num_grids), dtype=torch.int64)[level]
         H, W = padded_size
