@@ -5,7 +5,8 @@
 Variants (METHOD.md §4): ``full`` (dice on GT masks, the upper bound), ``proj`` (projection loss
 only, no teacher), ``faithful`` (official hard colour-vote CRF teacher), ``meanfield`` (soft
 mean-field CRF teacher), ``pairwise`` (projection + BoxInst pairwise term), ``corr`` (faithful
-plus the correspondence branch). Each run lives in
+plus the correspondence branch), ``corr_sinkhorn`` (``corr`` with Sinkhorn + InfoNCE). Each run
+lives in
 ``benchmarks/out/quality/<dataset>/<variant>`` and resumes if interrupted; finished runs are
 reused. Writes ``benchmarks/out/quality_<dataset>.json`` and prints a markdown table.
 """
@@ -30,6 +31,9 @@ VARIANTS = {
     "pairwise": ["loss.mode=box", "crf.mode=none", "loss.pairwise=true"],
     # faithful + the correspondence branch (§5); small objects enter the bank at CPU scales
     "corr": ["loss.mode=box", "crf.mode=faithful", "corr.enabled=true", "corr.min_box_size=4"],
+    # the same with the paper-intent solver and loss (§5.4-5.5: Sinkhorn + Hough, InfoNCE)
+    "corr_sinkhorn": ["loss.mode=box", "crf.mode=faithful", "corr.enabled=true",
+                      "corr.min_box_size=4", "corr.solver=sinkhorn", "corr.loss=infonce"],
 }
 
 
