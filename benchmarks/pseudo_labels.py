@@ -36,10 +36,10 @@ def main() -> None:
     path = args.out
     table = json.loads(path.read_text()) if path.is_file() else {}
     weights = {Path(k).name: v for k, v in (item.split("=", 1) for item in args.model)}
+    ctx = args.grabcut_context
     for ds in args.datasets.split(","):
         root = Path(ds) if Path(ds).is_dir() else shared_data() / ds
         ds = root.name
-        ctx = args.grabcut_context
         jobs = [(f"grabcut_c{ctx:g}" if m == "grabcut" and ctx is not None else m, m, None)
                 for m in args.methods.split(",") if m]
         if ds in weights:

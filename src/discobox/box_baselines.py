@@ -19,6 +19,12 @@ logger = logging.getLogger("discobox")
 _MIN_CONTEXT_PX = 8  # smallest margin around a box for context= GrabCut
 
 
+def check_grabcut_context(context: float | None, name: str = "GrabCut context") -> None:
+    """Raise ``ValueError`` (naming ``name``) unless ``context`` is ``None`` or finite ``>= 0``."""
+    if context is not None and not (math.isfinite(context) and context >= 0):
+        raise ValueError(f"{name} must be a finite number >= 0 or None, got {context}")
+
+
 def box_masks(boxes_xyxy: torch.Tensor | np.ndarray, height: int, width: int) -> torch.Tensor:
     """Filled boxes: ``float[N, 4]`` xyxy -> ``bool[N, height, width]`` (pixel-centre rule)."""
     boxes = torch.as_tensor(np.asarray(boxes_xyxy, dtype=np.float64)).reshape(-1, 4)
@@ -49,8 +55,7 @@ def grabcut_mask(
         GrabCut produced it. ``False`` means the filled box is returned instead: the box is under
         2 px wide or high, OpenCV raised (e.g. no background pixels), or the result was empty.
     """
-    if context is not None and not (math.isfinite(context) and context >= 0):
-        raise ValueError(f"GrabCut context must be a finite number >= 0 or None, got {context}")
+    check_grabcut_context(context)
     h, w = image_rgb.shape[:2]
     region = _box_region(torch.tensor([list(box)], dtype=torch.float64), h, w)[0].tolist()
     x0, y0, x1, y1 = region

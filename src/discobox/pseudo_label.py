@@ -54,7 +54,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .box_baselines import grabcut_mask
+from .box_baselines import check_grabcut_context, grabcut_mask
 from .data.coco import ImageReadError, _load_json, read_image
 from .engine.box_mask_eval import evaluate_box_masks
 from .engine.checkpoint import atomic_write_text
@@ -263,9 +263,7 @@ def pseudo_label(
     if method == "model" and weights is None:
         raise ValueError("--method model needs --weights (a checkpoint of `discobox train`); "
                          "or use --method box / --method grabcut")
-    if grabcut_context is not None and not (math.isfinite(grabcut_context)
-                                            and grabcut_context >= 0):
-        raise ValueError(f"grabcut_context must be a finite number >= 0, got {grabcut_context}")
+    check_grabcut_context(grabcut_context, "grabcut_context")  # before any image is read
     if chunk_size < 1 or batch_size < 1:
         raise ValueError(f"chunk_size and batch_size must be >= 1, got {chunk_size}, {batch_size}")
     start = time.perf_counter()
