@@ -167,6 +167,8 @@ class DataConfig:
     train_scales: tuple[tuple[int, int], ...] = ((1333, 800),)  # (long side, short side)
     test_scale: tuple[int, int] = (1333, 800)
     flip_prob: float = 0.5
+    # (height, width): random crop after the train resize, for small objects in big images; ours
+    train_crop: tuple[int, int] | None = None
     batch_size: int = 2  # images per process
     num_workers: int = 2
 

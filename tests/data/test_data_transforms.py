@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from discobox.data.transforms import (
+    RandomCrop,
     RandomHorizontalFlip,
     Resize,
     build_transforms,
@@ -119,3 +120,84 @@ def test_build_transforms():
         build_transforms(train=False, scales=[(128, 64), (128, 32)])
     with pytest.raises(ValueError, match="scales"):
         build_transforms(train=True, scales=[(128,)])
+
+
+class _Scripted:
+    """A stand-in generator whose ``random()`` returns the given numbers in turn."""
+
+    def __init__(self, values):
+        self.values = list(values)
+
+    def random(self):
+        return self.values.pop(0)
+
+
+def test_random_crop_shifts_clips_and_drops_boxes_and_cuts_masks():
+    masks = torch.zeros((3, 60, 80), dtype=torch.bool)
+    masks[0, 10:30, 10:30] = True  # inside the window below
+    masks[1, 35:55, 25:45] = True  # cut by the window's bottom edge (y = 40)
+    masks[2, 50:58, 70:78] = True  # outside the window
+    boxes = [[10, 10, 30, 30], [25, 35, 45, 55], [70, 50, 78, 58]]
+    sample = _sample(60, 80, boxes, masks=masks)
+    sample["instances"] = sample["instances"].replace(ids=torch.tensor([7, 8, 9]))
+    crop = RandomCrop(size=(35, 50))
+    # the window's corner is drawn as y0 = int(u * 26), x0 = int(u' * 31): script (5, 5)
+    with rng_scope(_Scripted([5.5 / 26, 5.5 / 31])):
+        out = crop(sample)
+    assert out["crop"] == (5, 5, 55, 40)
+    assert out["image"].shape == (35, 50, 3)
+    np.testing.assert_array_equal(out["image"], sample["image"][5:40, 5:55])
+    inst = out["instances"]
+    assert inst.ids.tolist() == [7, 8]  # the third box lies outside and is dropped
+    torch.testing.assert_close(inst.boxes, torch.tensor([[5, 5, 25, 25], [20, 30, 40, 35.0]]))
+    assert inst.masks.shape == (2, 35, 50)
+    torch.testing.assert_close(inst.masks, masks[:2, 5:40, 5:55])
+    # the clipped box stays tight to the visible part of its mask
+    ys, xs = torch.nonzero(inst.masks[1], as_tuple=True)
+    assert [xs.min().item(), ys.min().item(), xs.max().item() + 1, ys.max().item() + 1] == [
+        20, 30, 40, 35]
+
+
+def test_random_crop_never_returns_a_crop_without_ground_truth():
+    # one small object in a corner of a big image: most random windows miss it
+    sample = _sample(400, 400, [[380, 380, 396, 396]])
+    crop = RandomCrop(size=(64, 64), max_tries=1)
+    for seed in range(30):
+        with rng_scope(np.random.default_rng(seed)):
+            out = crop(sample)
+        assert len(out["instances"]) == 1
+        x0, y0, x1, y1 = out["crop"]
+        assert (x1 - x0, y1 - y0) == (64, 64) and x0 <= 380 and x1 >= 396
+
+
+def test_random_crop_keeps_small_images_whole_and_is_reproducible():
+    sample = _sample(30, 40, [[0, 0, 10, 10]])
+    out = RandomCrop(size=(64, 64))(sample)
+    assert out["image"].shape == (30, 40, 3) and out["crop"] == (0, 0, 40, 30)
+    out = RandomCrop(size=(64, 20))(sample)  # only the width is cut
+    assert out["image"].shape == (30, 20, 3)
+    big = _sample(200, 300, [[x, x, x + 20, x + 20] for x in range(0, 180, 20)])
+    crops = []
+    for _ in range(2):
+        with rng_scope(np.random.default_rng(3)):
+            crops.append(RandomCrop(size=(50, 50))(big)["crop"])
+    assert crops[0] == crops[1]
+
+
+@pytest.mark.parametrize("size", [(0, 10), (10,), (10.5, 10), (-1, 5)])
+def test_random_crop_rejects_bad_sizes_naming_the_key(size):
+    with pytest.raises(ValueError, match="data.train_crop"):
+        RandomCrop(size=size)
+
+
+def test_build_transforms_with_crop_and_config_key():
+    from discobox.config import load_config
+
+    cfg = load_config(None, ["data.train_crop=[32,48]"])
+    assert cfg.data.train_crop == (32, 48)
+    assert load_config(None, []).data.train_crop is None
+    train = build_transforms(train=True, scales=[(256, 128)], flip_prob=0.0,
+                             crop=cfg.data.train_crop)
+    out = train(_sample(96, 128, [[0, 0, 128, 96]]))  # resized to 128x171, then cut to 32x48
+    assert out["image"].shape == (32, 48, 3)
+    torch.testing.assert_close(out["instances"].boxes, torch.tensor([[0, 0, 48, 32.0]]))

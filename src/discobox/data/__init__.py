@@ -13,6 +13,7 @@ from .loader import (
 from .synthetic import SHAPES, SyntheticCoco, make_synthetic_coco
 from .transforms import (
     Compose,
+    RandomCrop,
     RandomHorizontalFlip,
     Resize,
     build_transforms,
@@ -28,6 +29,7 @@ __all__ = [
     "Compose",
     "GroupedBatchSampler",
     "ImageReadError",
+    "RandomCrop",
     "RandomHorizontalFlip",
     "Resize",
     "ShardSampler",

@@ -40,7 +40,7 @@ def build_train_dataset(cfg: Config) -> CocoDataset:
         image_dir=images,
         mode=cfg.loss.mode,
         transforms=build_transforms(train=True, scales=cfg.data.train_scales,
-                                    flip_prob=cfg.data.flip_prob),
+                                    flip_prob=cfg.data.flip_prob, crop=cfg.data.train_crop),
         class_names=cfg.data.class_names,
     )
     if len(dataset) == 0:

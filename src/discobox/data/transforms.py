@@ -1,4 +1,5 @@
-"""Geometric transforms of one sample: keep-ratio resize and horizontal flip (METHOD.md §3.1).
+"""Geometric transforms of one sample: keep-ratio resize, horizontal flip (METHOD.md §3.1) and an
+optional random crop (ours, for small objects in large images).
 
 A *sample* is the dict produced by the datasets::
 
@@ -173,6 +174,98 @@ def hflip_instances(inst: Instances, width: int) -> Instances:
     return inst.replace(boxes=boxes, masks=masks)
 
 
+def _uniform_int(rng: np.random.Generator | np.random.RandomState, n: int) -> int:
+    """An integer in ``[0, n)`` from either kind of numpy generator."""
+    return min(int(rng.random() * n), n - 1)
+
+
+class RandomCrop:
+    """Cut a random ``(height, width)`` window out of the (resized) image; ours, off by default.
+
+    Not in the official pipelines. It is for data whose objects are small in large images
+    (microscopy, aerial): train at a larger scale, where the objects have enough pixels in the
+    1/4-resolution map that the masks and the CRF live on, at the cost of a small input per step.
+    A side shorter than the crop is kept whole (``collate`` pads).
+
+    Boxes are shifted and clipped to the window; instances whose clipped box is under
+    ``min_box_size`` pixels on a side are dropped. A clipped box is still tight to the object's
+    visible part (the part touches the window's edge where it is cut), so the box-projection loss
+    (§4.2) stays valid. Windows are drawn up to ``max_tries`` times until one keeps an instance; if
+    none does, the window is centred on a randomly chosen instance, so a crop never has no ground
+    truth when the image has some.
+
+    Args:
+        size: ``(height, width)`` of the window, positive integers (config ``data.train_crop``).
+        min_box_size: smallest side in pixels of a kept, clipped box.
+        max_tries: random windows to draw before centring one on an instance.
+    """
+
+    def __init__(
+        self, *, size: Sequence[int], min_box_size: float = 2.0, max_tries: int = 10
+    ) -> None:
+        size = tuple(size)
+        if len(size) != 2 or not all(isinstance(v, int | np.integer) and v > 0 for v in size):
+            raise ValueError(
+                f"data.train_crop must be [height, width] of positive integers, got {size!r}"
+            )
+        if min_box_size < 0:
+            raise ValueError(f"min_box_size must be >= 0, got {min_box_size}")
+        self.size = (int(size[0]), int(size[1]))
+        self.min_box_size = float(min_box_size)
+        self.max_tries = int(max_tries)
+
+    def _keep(
+        self, boxes: torch.Tensor, x0: int, y0: int, cw: int, ch: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        shifted = boxes - torch.tensor([x0, y0, x0, y0], dtype=boxes.dtype)
+        shifted[:, 0::2] = shifted[:, 0::2].clamp(0, cw)
+        shifted[:, 1::2] = shifted[:, 1::2].clamp(0, ch)
+        wh = shifted[:, 2:] - shifted[:, :2]
+        keep = (wh >= max(self.min_box_size, 1e-6)).all(dim=1)
+        return shifted, keep
+
+    def __call__(self, sample: Sample) -> Sample:
+        image = sample["image"]
+        h, w = image.shape[:2]
+        ch, cw = min(self.size[0], h), min(self.size[1], w)
+        inst: Instances = sample["instances"]
+        if (ch, cw) == (h, w):
+            out = dict(sample)
+            out["crop"] = (0, 0, w, h)
+            return out
+        rng = current_rng()
+        boxes = inst.boxes
+        for _ in range(max(self.max_tries, 1)):
+            y0 = _uniform_int(rng, h - ch + 1)
+            x0 = _uniform_int(rng, w - cw + 1)
+            shifted, keep = self._keep(boxes, x0, y0, cw, ch)
+            if len(inst) == 0 or bool(keep.any()):
+                break
+        else:
+            i = min(int(rng.random() * len(inst)), len(inst) - 1)
+            cx = float(boxes[i, 0] + boxes[i, 2]) / 2
+            cy = float(boxes[i, 1] + boxes[i, 3]) / 2
+            x0 = int(np.clip(round(cx - cw / 2), 0, w - cw))
+            y0 = int(np.clip(round(cy - ch / 2), 0, h - ch))
+            shifted, keep = self._keep(boxes, x0, y0, cw, ch)
+            if not bool(keep.any()):  # a box thinner than min_box_size everywhere: keep it anyway
+                keep[i] = True
+        masks = inst.masks
+        if masks is not None:
+            masks = masks[keep, y0:y0 + ch, x0:x0 + cw].contiguous()
+        out = dict(sample)
+        out["image"] = np.ascontiguousarray(image[y0:y0 + ch, x0:x0 + cw])
+        out["instances"] = Instances(
+            boxes=shifted[keep],
+            labels=inst.labels[keep],
+            scores=None if inst.scores is None else inst.scores[keep],
+            masks=masks,
+            ids=None if inst.ids is None else inst.ids[keep],
+        )
+        out["crop"] = (x0, y0, x0 + cw, y0 + ch)
+        return out
+
+
 class Compose:
     """Apply transforms in order."""
 
@@ -189,9 +282,13 @@ class Compose:
 
 
 def build_transforms(
-    *, train: bool, scales: Sequence[Sequence[int]], flip_prob: float = 0.5
+    *, train: bool, scales: Sequence[Sequence[int]], flip_prob: float = 0.5,
+    crop: Sequence[int] | None = None,
 ) -> Compose:
     """The official pipelines: train = Resize(scales) + flip(flip_prob); test = Resize(scales[0]).
+
+    ``crop`` (``(height, width)``, train only) adds a :class:`RandomCrop` after the resize and
+    before the flip; ``None`` (the default) is the official pipeline.
 
     Normalisation and padding are not transforms here: ``collate`` pads with the pixel mean and the
     model normalises. ``flip_prob`` is ignored when ``train`` is False (no test-time flip, §7).
@@ -201,4 +298,8 @@ def build_transforms(
         if len(scales) != 1:
             raise ValueError(f"test pipeline takes one scale, got {scales}")
         return Compose([Resize(scales=scales)])
-    return Compose([Resize(scales=scales), RandomHorizontalFlip(p=flip_prob)])
+    steps: list[Transform] = [Resize(scales=scales)]
+    if crop is not None:
+        steps.append(RandomCrop(size=crop))
+    steps.append(RandomHorizontalFlip(p=flip_prob))
+    return Compose(steps)
