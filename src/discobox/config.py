@@ -107,6 +107,7 @@ class CRFConfig:
     prob_clamp: float = 0.2
     schedule: str = "parallel"  # or "colored": provably monotone, ~4.4x slower
     hard: bool = False  # binarise the marginals at 0.5 (targets like the faithful mode's)
+    fill_holes: bool = False  # both modes, ours: target 1 on background enclosed by foreground
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ from discobox.modeling.crf import (
     crf_pseudo_labels,
     energy,
     faithful_crf,
+    fill_holes,
     meanfield_crf,
 )
 
@@ -209,6 +210,66 @@ def test_meanfield_config_reaches_params():
                                                "crf.schedule": "parallel", "crf.prob_clamp": 0.1})
     p = crf_params(cfg)
     assert (p.mf_kernel_size, p.hard, p.schedule, p.prob_clamp) == (5, True, "parallel", 0.1)
+    assert not p.fill_holes
+    assert crf_params(load_config("discobox_r18_fpn_cpu", ["crf.fill_holes=true"])).fill_holes
     assert p.kernel_size == 3  # the faithful window stays the official one
     with pytest.raises(ValueError, match="crf.schedule"):
         load_config("discobox_r18_fpn_cpu", {"crf.schedule": "random"})
+
+
+def test_fill_holes_rings_gaps_and_borders():
+    fg = torch.zeros((4, 9, 9), dtype=torch.bool)
+    fg[0, 1:8, 1:8] = True
+    fg[0, 2:7, 2:7] = False  # a closed square ring: its 5x5 inside is a hole
+    fg[1] = fg[0]
+    fg[1, 1, 4] = False  # the same ring with a gap: nothing is enclosed
+    for k in range(4):  # a diagonal (8-connected) diamond outline around (4, 4)
+        for y, x in [(1 + k, 4 + k), (4 + k, 7 - k), (7 - k, 4 - k), (4 - k, 1 + k)]:
+            fg[2, y, x] = True
+    fg[3, :, 3] = fg[3, :, 6] = True  # two bars from border to border: the strip between
+    fg[3, 0, 3:7] = True  # ... is closed on top but open at the bottom border
+    holes = fill_holes(fg)
+    expected0 = torch.zeros((9, 9), dtype=torch.bool)
+    expected0[2:7, 2:7] = True
+    assert torch.equal(holes[0], expected0)
+    assert not holes[1].any() and not holes[3].any()
+    inside = torch.zeros((9, 9), dtype=torch.bool)
+    for y in range(9):
+        for x in range(9):
+            inside[y, x] = abs(y - 4) + abs(x - 4) < 3
+    assert torch.equal(holes[2], inside)
+    assert fill_holes(torch.zeros((0, 5, 5), dtype=torch.bool)).shape == (0, 5, 5)
+
+
+def test_fill_holes_matches_scipy_on_random_masks():
+    ndimage = pytest.importorskip("scipy.ndimage")
+    g = torch.Generator().manual_seed(0)
+    fg = torch.rand((30, 17, 23), generator=g) < 0.45
+    got = fill_holes(fg)
+    for i in range(fg.shape[0]):
+        filled = ndimage.binary_fill_holes(fg[i].numpy())  # background 4-connected
+        assert np.array_equal(got[i].numpy(), filled & ~fg[i].numpy()), i
+
+
+@pytest.mark.parametrize("mode", ["faithful", "meanfield"])
+def test_crf_fill_holes_option_fills_an_outlined_object(mode):
+    """An object whose inside has the background's colour and only its outline differs (the
+    droplets case): without the option the target keeps the inside as background; with it the
+    inside becomes 1, and the per-box crop still equals the whole-image result."""
+    h, w = 20, 20
+    image = torch.zeros((3, h, w))
+    ring = torch.zeros((h, w), dtype=torch.bool)
+    ring[4:16, 4:16] = True
+    ring[6:14, 6:14] = False
+    image[:, ring] = 2.0  # a dark outline two pixels thick, same grey inside and outside
+    box = torch.zeros((1, h, w))
+    box[0, 4:16, 4:16] = 1
+    probs = torch.where(ring, 0.9, 0.2).unsqueeze(0)  # a student that marks the outline
+    plain = crf_pseudo_labels(probs, box, image, mode=mode)
+    filled = crf_pseudo_labels(probs, box, image, mode=mode, params=CRFParams(fill_holes=True))
+    assert float(plain[0, 8:12, 8:12].max()) < 0.5  # the colour cue alone leaves a hole
+    assert torch.all(filled[0, 6:14, 6:14] == 1)
+    assert torch.all(filled >= plain) and float(filled[0][box[0] == 0].max()) == 0
+    whole = crf_pseudo_labels(probs, box, image, mode=mode, crop=False,
+                              params=CRFParams(fill_holes=True))
+    torch.testing.assert_close(filled, whole)

@@ -68,7 +68,8 @@ def crf_params(cfg: Config) -> CRFParams:
                      theta1=c.theta1, base=c.base, mf_kernel_size=c.mf_kernel_size,
                      dilation=c.mf_dilation, w_color=c.w_color, theta_color=c.theta_color,
                      w_spatial=c.w_spatial, theta_spatial=c.theta_spatial,
-                     prob_clamp=c.prob_clamp, schedule=c.schedule, hard=c.hard)
+                     prob_clamp=c.prob_clamp, schedule=c.schedule, hard=c.hard,
+                     fill_holes=c.fill_holes)
 
 
 def build_object_bank(cfg: Config) -> ObjectBank | None:
