@@ -4,7 +4,8 @@
 
 Variants (METHOD.md §4): ``full`` (dice on GT masks, the upper bound), ``proj`` (projection loss
 only, no teacher), ``faithful`` (official hard colour-vote CRF teacher), ``meanfield`` (soft
-mean-field CRF teacher), ``pairwise`` (projection + BoxInst pairwise term), ``corr`` (faithful
+mean-field CRF teacher), ``pairwise`` (projection + BoxInst pairwise term), ``meanfield_fill``
+and ``faithful_fill`` (those teachers with ``crf.fill_holes=true``), ``corr`` (faithful
 plus the correspondence branch), ``corr_sinkhorn`` (``corr`` with Sinkhorn + InfoNCE). Each run
 lives in
 ``benchmarks/out/quality/<dataset>/<variant>`` and resumes if interrupted; finished runs are
@@ -29,6 +30,9 @@ VARIANTS = {
     "faithful": ["loss.mode=box", "crf.mode=faithful"],
     "meanfield": ["loss.mode=box", "crf.mode=meanfield"],
     "pairwise": ["loss.mode=box", "crf.mode=none", "loss.pairwise=true"],
+    # the CRF teachers with the hole-filling prior on their targets (ours, crf.fill_holes)
+    "meanfield_fill": ["loss.mode=box", "crf.mode=meanfield", "crf.fill_holes=true"],
+    "faithful_fill": ["loss.mode=box", "crf.mode=faithful", "crf.fill_holes=true"],
     # faithful + the correspondence branch (§5); small objects enter the bank at CPU scales
     "corr": ["loss.mode=box", "crf.mode=faithful", "corr.enabled=true", "corr.min_box_size=4"],
     # the same with the paper-intent solver and loss (§5.4-5.5: Sinkhorn + Hough, InfoNCE)

@@ -72,6 +72,9 @@ class TestConfig:
     kernel: str = "gaussian"
     sigma: float = 2.0
     max_per_img: int = 100
+    # (height, width): sliding-window inference for models trained with data.train_crop; ours
+    tile: tuple[int, int] | None = None
+    tile_overlap: float = 0.25  # fraction of the window shared by neighbours
 
 
 @dataclass(frozen=True)

@@ -41,7 +41,8 @@ def evaluate(
     was_training = model.training
     model.eval()
     results = run_inference(
-        lambda b: predict_batch(model, post, b.to(device), amp=cfg.solver.amp),
+        lambda b: predict_batch(model, post, b.to(device), amp=cfg.solver.amp,
+                                tile=cfg.test.tile, tile_overlap=cfg.test.tile_overlap),
         loader,
         dataset.label_to_cat_id,
         total=len(loader),
