@@ -109,6 +109,21 @@ def _warn_random_init_frozen(cfg: Config) -> None:
             "iteration in BENCHMARKS.md).", b.frozen_stages, b.norm_eval)
 
 
+def _warn_crop_without_tiles(cfg: Config) -> None:
+    """SOLOv2's grid is relative to the input (§2): a model trained on crops evaluated on whole,
+    larger images loses most of its AP (droplets: 74.8 -> 2.1 mask AP, BENCHMARKS.md)."""
+    crop = cfg.data.train_crop
+    if crop is None or cfg.test.tile is not None:
+        return
+    long_side, short_side = max(cfg.data.test_scale), min(cfg.data.test_scale)
+    if short_side > min(crop) or long_side > max(crop):
+        logger.warning(
+            "data.train_crop=%s but test.tile is not set: evaluation and prediction run on whole "
+            "images of up to %dx%d, and SOLOv2's grid is relative to its input, so a model "
+            "trained on crops loses most of its AP there (BENCHMARKS.md, droplets). Set "
+            "test.tile=[%d,%d].", list(crop), short_side, long_side, crop[0], crop[1])
+
+
 def train(cfg: Config, *, resume: bool = False) -> dict[str, Any]:
     """Train ``cfg``; returns the final metrics (and ``output_dir``, ``iteration``)."""
     device = du.resolve_device(cfg.train.device)
@@ -130,6 +145,7 @@ def train(cfg: Config, *, resume: bool = False) -> dict[str, Any]:
 
     dataset = build_train_dataset(cfg)
     _warn_random_init_frozen(cfg)
+    _warn_crop_without_tiles(cfg)
     model = build_model(cfg).to(device)
     criterion = build_criterion(cfg)
     bank = build_object_bank(cfg)  # lives outside the model, updated below (§5.2)
