@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Sequence
-from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +17,7 @@ from .data.coco import read_image
 from .data.loader import collate
 from .data.transforms import build_transforms
 from .engine.checkpoint import atomic_write_text
+from .engine.distributed import amp_autocast
 from .engine.evaluator import instances_to_coco
 from .modeling.build import build_postprocessor, load_model
 from .modeling.postprocess import SOLOv2PostProcessor, masks_to_boxes
@@ -41,15 +41,9 @@ def predict_batch(
     if tile is not None:
         return [predict_tiled(model, post, batch, b, tile=tile, overlap=tile_overlap, amp=amp)
                 for b in range(len(batch))]
-    with _autocast(batch.images.device, amp):
+    with amp_autocast(batch.images.device, amp):
         out = model(batch.images, batch.image_sizes)
     return post(out, image_sizes=batch.image_sizes, orig_sizes=batch.orig_sizes)
-
-
-def _autocast(device: torch.device, amp: str):
-    if device.type == "cuda" and amp != "none":
-        return torch.autocast("cuda", dtype=torch.float16 if amp == "fp16" else torch.bfloat16)
-    return nullcontext()
 
 
 def tile_starts(size: int, tile: int, overlap: float) -> list[int]:
@@ -109,7 +103,7 @@ def predict_tiled(
     windows = [(y0, x0, yc, xc) for y0, yc in zip(ys, ycore) for x0, xc in zip(xs, xcore)]
     crops = torch.stack([image[:, y0:y0 + th, x0:x0 + tw] for y0, x0, _, _ in windows])
     sizes = [(min(th, h - y0), min(tw, w - x0)) for y0, x0, _, _ in windows]
-    with _autocast(image.device, amp):
+    with amp_autocast(image.device, amp):
         out = model(crops, sizes)
     per_window = post(out, image_sizes=sizes, orig_sizes=sizes)
     masks, scores, labels = [], [], []

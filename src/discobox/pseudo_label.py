@@ -44,7 +44,6 @@ import logging
 import math
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -58,6 +57,7 @@ from .box_baselines import check_grabcut_context, grabcut_mask
 from .data.coco import ImageReadError, _load_json, read_image
 from .engine.box_mask_eval import evaluate_box_masks
 from .engine.checkpoint import atomic_write_text
+from .engine.distributed import amp_autocast
 from .engine.evaluator import METRIC_NAMES, encode_mask
 from .modeling.box_conditioned import SOURCE_BOX, SOURCE_NEIGHBOUR, BoxConditionedInference
 from .modeling.box_conditioned import box_region as _box_region
@@ -183,10 +183,7 @@ class _ModelLabeller:
             for w in works
         ]
         batch = collate(samples).to(self.device)
-        ctx = (torch.autocast("cuda", dtype=torch.float16 if self.amp == "fp16" else
-                              torch.bfloat16)
-               if self.device.type == "cuda" and self.amp != "none" else nullcontext())
-        with ctx:
+        with amp_autocast(self.device, self.amp):
             out = self.model(batch.images, batch.image_sizes)
         names = {SOURCE_NEIGHBOUR: "neighbour", SOURCE_BOX: "box"}
         for b, w in enumerate(works):

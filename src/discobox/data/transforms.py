@@ -75,6 +75,11 @@ def rescaled_size(h: int, w: int, scale: tuple[int, int]) -> tuple[int, int]:
     return int(h * s + 0.5), int(w * s + 0.5)
 
 
+def _uniform_int(rng: np.random.Generator | np.random.RandomState, n: int) -> int:
+    """An integer in ``[0, n)`` from either kind of numpy generator."""
+    return min(int(rng.random() * n), n - 1)
+
+
 class Resize:
     """Resize image, boxes and masks to one of ``scales`` (METHOD.md §3.1 step 4).
 
@@ -97,7 +102,7 @@ class Resize:
         if len(self.scales) == 1:
             return self.scales[0]
         n = len(self.scales)
-        return self.scales[min(int(current_rng().random() * n), n - 1)]
+        return self.scales[_uniform_int(current_rng(), n)]
 
     def __call__(self, sample: Sample) -> Sample:
         image = sample["image"]
@@ -174,11 +179,6 @@ def hflip_instances(inst: Instances, width: int) -> Instances:
     return inst.replace(boxes=boxes, masks=masks)
 
 
-def _uniform_int(rng: np.random.Generator | np.random.RandomState, n: int) -> int:
-    """An integer in ``[0, n)`` from either kind of numpy generator."""
-    return min(int(rng.random() * n), n - 1)
-
-
 class RandomCrop:
     """Cut a random ``(height, width)`` window out of the (resized) image; ours, off by default.
 
@@ -242,7 +242,7 @@ class RandomCrop:
             if len(inst) == 0 or bool(keep.any()):
                 break
         else:
-            i = min(int(rng.random() * len(inst)), len(inst) - 1)
+            i = _uniform_int(rng, len(inst))
             cx = float(boxes[i, 0] + boxes[i, 2]) / 2
             cy = float(boxes[i, 1] + boxes[i, 3]) / 2
             x0 = int(np.clip(round(cx - cw / 2), 0, w - cw))

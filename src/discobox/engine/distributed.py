@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import os
+from contextlib import AbstractContextManager, nullcontext
 from datetime import timedelta
 
 import torch
@@ -39,6 +40,14 @@ def resolve_device(name: str = "auto") -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(f"train.device={name!r} but CUDA is not available on this machine")
     return device
+
+
+def amp_autocast(device: torch.device, amp: str) -> AbstractContextManager:
+    """Mixed precision on CUDA (``solver.amp``: ``"fp16"``, ``"bf16"``); a no-op on the CPU or with
+    ``"none"``."""
+    if device.type != "cuda" or amp == "none":
+        return nullcontext()
+    return torch.autocast("cuda", dtype=torch.float16 if amp == "fp16" else torch.bfloat16)
 
 
 def init_distributed(device: torch.device) -> bool:

@@ -12,7 +12,6 @@ import logging
 import math
 import random
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -87,13 +86,6 @@ def seed_everything(seed: int) -> None:
 
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return model.module if isinstance(model, DistributedDataParallel) else model
-
-
-def _autocast(device: torch.device, amp: str):
-    if device.type != "cuda" or amp == "none":
-        return nullcontext()
-    dtype = torch.float16 if amp == "fp16" else torch.bfloat16
-    return torch.autocast("cuda", dtype=dtype)
 
 
 def _warn_random_init_frozen(cfg: Config) -> None:
@@ -233,7 +225,7 @@ def train(cfg: Config, *, resume: bool = False) -> dict[str, Any]:
     t_last = time.perf_counter()
     for it in range(start_iter, sched.max_iter):
         batch = next(loader).to(device, non_blocking=True)
-        with _autocast(device, s.amp):
+        with du.amp_autocast(device, s.amp):
             out = train_model(batch.images, batch.image_sizes)
             teacher_out = None
             if teacher is not None and teacher.active:
