@@ -33,6 +33,10 @@ VARIANTS = {
     # the CRF teachers with the hole-filling prior on their targets (ours, crf.fill_holes)
     "meanfield_fill": ["loss.mode=box", "crf.mode=meanfield", "crf.fill_holes=true"],
     "faithful_fill": ["loss.mode=box", "crf.mode=faithful", "crf.fill_holes=true"],
+    # L_ts on the student's whole mask (loss.ts_region=image, ours), alone and with pairwise
+    "meanfield_img": ["loss.mode=box", "crf.mode=meanfield", "loss.ts_region=image"],
+    "meanfield_img_pw": ["loss.mode=box", "crf.mode=meanfield", "loss.ts_region=image",
+                         "loss.pairwise=true"],
     # faithful + the correspondence branch (§5); small objects enter the bank at CPU scales
     "corr": ["loss.mode=box", "crf.mode=faithful", "corr.enabled=true", "corr.min_box_size=4"],
     # the same with the paper-intent solver and loss (§5.4-5.5: Sinkhorn + Hough, InfoNCE)

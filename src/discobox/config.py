@@ -83,6 +83,9 @@ class LossConfig:
     cls_weight: float = 1.0
     proj_weight: float = 1.0
     ts_weight: float = 1.0
+    # "box" (official): L_ts compares the student masked by its dilated box with the teacher;
+    # "image" (ours): the student's whole mask, so mass outside the box is pulled to 0 too
+    ts_region: str = "box"
     mask_weight: float = 3.0
     pairwise: bool = False  # BoxInst pairwise colour-affinity term (option)
     pairwise_weight: float = 1.0
@@ -231,6 +234,7 @@ class Config:
 
 _ENUMS: dict[str, tuple[str, ...]] = {
     "loss.mode": ("box", "full"),
+    "loss.ts_region": ("box", "image"),
     "crf.mode": ("faithful", "meanfield", "none"),
     "crf.schedule": ("colored", "parallel"),
     "solver.amp": ("fp16", "bf16", "none"),

@@ -72,10 +72,11 @@ def test_box_mode_keys_values_and_backward():
     _backward_ok(losses, out)
 
 
-def test_box_mode_matches_manual_computation():
+@pytest.mark.parametrize("ts_region", ["box", "image"])
+def test_box_mode_matches_manual_computation(ts_region):
     out = _fake_out(seed=1)
     targets = _targets()
-    losses = _criterion()(out, targets, ts_active=True)
+    losses = _criterion(ts_region=ts_region)(out, targets, ts_active=True)
     levels = assign_targets(targets, padded_size=(H, W), num_classes=C, num_grids=GRIDS)
     assert levels[1].grid_index.numel() > 0  # the 56 px box sits in two levels
     probs, tgts, imgs = [], [], []
@@ -97,7 +98,10 @@ def test_box_mode_matches_manual_computation():
         sel = imgs == b
         pseudo[sel] = crf_pseudo_labels(probs[sel].detach(), tgts[sel], img_q[b], mode="faithful")
     dilated = F.max_pool2d(tgts[:, None], 3, 1, 1)[:, 0]
-    torch.testing.assert_close(losses["loss_ts"], dice_loss(probs * dilated, pseudo).mean())
+    boxed = dice_loss(probs * dilated, pseudo).mean()
+    whole = dice_loss(probs, pseudo).mean()  # ts_region=image: mass outside the box counts
+    assert _f(whole) > _f(boxed) + 0.01  # the random student spills out of its boxes
+    torch.testing.assert_close(losses["loss_ts"], boxed if ts_region == "box" else whole)
     # loss_cls: focal over every cell / (unique positives + 1)
     logits = torch.cat([c.permute(0, 2, 3, 1).reshape(-1, C) for c in out.cate_logits])
     labels = torch.cat([t.cate_labels.reshape(-1) for t in levels])
@@ -173,6 +177,8 @@ def test_bad_arguments():
         _criterion(mode="points")
     with pytest.raises(ValueError):
         _criterion(crf_mode="dense")
+    with pytest.raises(ValueError, match="ts_region"):
+        _criterion(ts_region="crop")
     with pytest.raises(ValueError):
         SOLOv2Criterion(num_classes=C, num_grids=(8, 6), scale_ranges=((1, 2),))
     assert math.isclose(_criterion().mask_weight, 3.0)

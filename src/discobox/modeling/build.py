@@ -117,6 +117,7 @@ def build_criterion(cfg: Config) -> SOLOv2Criterion:
         cls_weight=lo.cls_weight,
         proj_weight=lo.proj_weight,
         ts_weight=lo.ts_weight,
+        ts_region=lo.ts_region,
         mask_weight=lo.mask_weight,
         pairwise_weight=lo.pairwise_weight,
         use_pairwise=lo.pairwise,

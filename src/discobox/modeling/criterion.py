@@ -80,6 +80,9 @@ class SOLOv2Criterion(nn.Module):
         num_grids, scale_ranges, sigma: target assignment (§3.3).
         focal_alpha, focal_gamma: category focal loss (§4.1).
         cls_weight, proj_weight, ts_weight: official weights 1.0 (§4.0).
+        ts_region: ``"box"`` (official §4.4: ``dice(S_i * D_i, Y_i)`` with ``D_i`` the box
+            dilated by one pixel) or ``"image"`` (ours: ``dice(S_i, Y_i)``; ``Y_i`` is 0 outside
+            the box, so the student's mass outside its box is penalised as well).
         mask_weight: full mode dice weight, 3.0 as SOLOv2's ``ins_loss_weight``.
         pairwise_weight: weight of the optional BoxInst pairwise term.
         use_pairwise: add ``loss_pairwise`` (box mode).
@@ -115,6 +118,7 @@ class SOLOv2Criterion(nn.Module):
         cls_weight: float = 1.0,
         proj_weight: float = 1.0,
         ts_weight: float = 1.0,
+        ts_region: str = "box",
         mask_weight: float = 3.0,
         pairwise_weight: float = 1.0,
         use_pairwise: bool = False,
@@ -130,6 +134,8 @@ class SOLOv2Criterion(nn.Module):
             raise ValueError(f"mode must be 'box' or 'full', got {mode!r}")
         if crf_mode not in (*CRF_MODES, "none"):
             raise ValueError(f"crf_mode must be one of {(*CRF_MODES, 'none')}, got {crf_mode!r}")
+        if ts_region not in ("box", "image"):
+            raise ValueError(f"ts_region must be 'box' or 'image', got {ts_region!r}")
         if len(num_grids) != len(scale_ranges):
             raise ValueError("num_grids and scale_ranges must have one entry per level")
         self.num_classes = num_classes
@@ -142,6 +148,7 @@ class SOLOv2Criterion(nn.Module):
         self.cls_weight = cls_weight
         self.proj_weight = proj_weight
         self.ts_weight = ts_weight
+        self.ts_region = ts_region
         self.mask_weight = mask_weight
         self.pairwise_weight = pairwise_weight
         self.use_pairwise = use_pairwise
@@ -295,8 +302,11 @@ class SOLOv2Criterion(nn.Module):
                     mode=self.crf_mode,
                     params=self.crf_params,
                 )
-            dilated = F.max_pool2d(pos.targets[:, None], 3, stride=1, padding=1)[:, 0]
-        loss = dice_loss(probs * dilated, pseudo).mean()
+            if self.ts_region == "image":
+                region = torch.ones_like(pos.targets)
+            else:
+                region = F.max_pool2d(pos.targets[:, None], 3, stride=1, padding=1)[:, 0]
+        loss = dice_loss(probs * region, pseudo).mean()
         corr_terms = self._correspondence_ts_terms(out, pos, probs)
         if corr_terms is not None and corr_terms.numel():
             loss = loss + corr_terms.mean()
