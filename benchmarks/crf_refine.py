@@ -46,16 +46,28 @@ SETTINGS: list[tuple[str, str, dict]] = [
     ("meanfield k7 w_color 2", "meanfield", {"w_color": 2.0, "w_spatial": 0.5}),
     ("meanfield k7 theta_color 1", "meanfield", {"theta_color": 1.0}),
     ("meanfield k7 colored schedule", "meanfield", {"schedule": "colored"}),
+    # wider and longer propagation, checked on droplets (BENCHMARKS.md "Droplets on crops")
+    ("meanfield k7 dil2", "meanfield", {"dilation": 2}),
+    ("meanfield k9", "meanfield", {"mf_kernel_size": 9}),
+    ("meanfield k11", "meanfield", {"mf_kernel_size": 11}),
+    ("meanfield k7 20 iterations", "meanfield", {"iters": 20}),
+    ("meanfield k7 theta_color 0.25", "meanfield", {"theta_color": 0.25}),
+    ("meanfield k7 w_spatial 1", "meanfield", {"w_spatial": 1.0}),
+    ("meanfield k7 clamp0.4", "meanfield", {"prob_clamp": 0.4}),
+    ("meanfield k7 theta_color 0.15", "meanfield", {"theta_color": 0.15}),
+    ("meanfield k5 theta_color 0.25", "meanfield", {"mf_kernel_size": 5, "theta_color": 0.25}),
+    ("meanfield k5 theta_color 0.15", "meanfield", {"mf_kernel_size": 5, "theta_color": 0.15}),
+    ("meanfield k9 theta_color 0.25", "meanfield", {"mf_kernel_size": 9, "theta_color": 0.25}),
 ]
 
 
-def student_masks(model, cfg, root: Path, n_images: int):
+def student_masks(model, cfg, root: Path, n_images: int, split: str = "val"):
     """Yield ``(soft [N, h, w], box masks, gt masks, quarter image)`` per val image.
 
     The image goes through the project's own test pipeline (``read_image``, the test
     ``Resize``, ``collate``), which also resizes the GT boxes and masks (nearest, as in training).
     """
-    val = json.loads((root / "val.json").read_text())
+    val = json.loads((root / f"{split}.json").read_text())
     anns: dict[int, list[dict]] = {}
     for a in val["annotations"]:
         if not a.get("iscrowd", 0) and "segmentation" in a:
@@ -108,6 +120,8 @@ def main() -> None:
                     help="folder with val.json + images/ (default: the quality benchmark's "
                          "synthetic set)")
     ap.add_argument("--images", type=int, default=20)
+    ap.add_argument("--split", default="val",
+                    help="annotation file <split>.json of --dataset (train: tune off the val set)")
     ap.add_argument("--out", type=Path, default=OUT / "crf_refine.json")
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -116,7 +130,8 @@ def main() -> None:
     base = crf_params(cfg.replace(**{"crf.mode": "meanfield"}))
     scores: dict[str, list[float]] = {"student (no CRF)": [], "filled box": []}
     seconds: dict[str, float] = {}
-    for soft, box_q, gt, image_q in student_masks(model, cfg, Path(args.dataset), args.images):
+    objects = student_masks(model, cfg, Path(args.dataset), args.images, args.split)
+    for soft, box_q, gt, image_q in objects:
         scores["student (no CRF)"] += _iou(soft * box_q, gt)
         scores["filled box"] += _iou(box_q, gt)
         for name, mode, over in SETTINGS:

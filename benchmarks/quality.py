@@ -33,6 +33,10 @@ VARIANTS = {
     # the CRF teachers with the hole-filling prior on their targets (ours, crf.fill_holes)
     "meanfield_fill": ["loss.mode=box", "crf.mode=meanfield", "crf.fill_holes=true"],
     "faithful_fill": ["loss.mode=box", "crf.mode=faithful", "crf.fill_holes=true"],
+    # meanfield with a 5x5 window and a sharper colour kernel (chosen with crf_refine.py on
+    # droplets: thin outlines between same-grey regions)
+    "meanfield_k5t15": ["loss.mode=box", "crf.mode=meanfield", "crf.mf_kernel_size=5",
+                        "crf.theta_color=0.15"],
     # L_ts on the student's whole mask (loss.ts_region=image, ours), alone and with pairwise
     "meanfield_img": ["loss.mode=box", "crf.mode=meanfield", "loss.ts_region=image"],
     "meanfield_img_pw": ["loss.mode=box", "crf.mode=meanfield", "loss.ts_region=image",
