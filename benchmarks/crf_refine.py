@@ -62,19 +62,19 @@ SETTINGS: list[tuple[str, str, dict]] = [
 
 
 def student_masks(model, cfg, root: Path, n_images: int, split: str = "val"):
-    """Yield ``(soft [N, h, w], box masks, gt masks, quarter image)`` per val image.
+    """Yield ``(soft [N, h, w], box masks, gt masks, quarter image)`` per image of ``split``.
 
     The image goes through the project's own test pipeline (``read_image``, the test
     ``Resize``, ``collate``), which also resizes the GT boxes and masks (nearest, as in training).
     """
-    val = json.loads((root / f"{split}.json").read_text())
+    coco = json.loads((root / f"{split}.json").read_text())
     anns: dict[int, list[dict]] = {}
-    for a in val["annotations"]:
+    for a in coco["annotations"]:
         if not a.get("iscrowd", 0) and "segmentation" in a:
             anns.setdefault(a["image_id"], []).append(a)
     infer = BoxConditionedInference(scale_ranges=cfg.model.scale_ranges)
     transforms = build_transforms(train=False, scales=[cfg.data.test_scale])
-    for im in [i for i in val["images"] if i["id"] in anns][:n_images]:
+    for im in [i for i in coco["images"] if i["id"] in anns][:n_images]:
         A = anns[im["id"]]
         img = read_image(root / "images" / im["file_name"])
         H, W = img.shape[:2]

@@ -38,44 +38,38 @@ def fit(gt: COCO, dets: list[dict]) -> dict[str, float]:
     by_image: dict[int, list[dict]] = defaultdict(list)
     for d in dets:
         by_image[d["image_id"]].append(d)
-    iou, prec, rec, area, clipped = [], [], [], [], []
+    rows: list[tuple[float, ...]] = []  # (IoU, precision, recall, area ratio, IoU cut to box)
     for image_id in gt.getImgIds():
         anns = gt.loadAnns(gt.getAnnIds(imgIds=image_id, iscrowd=False))
         if not anns:
             continue
         rles = [_rle(d["segmentation"]) for d in by_image.get(image_id, [])]
         if not rles:
-            iou += [0.0] * len(anns)
-            prec += [0.0] * len(anns)
-            rec += [0.0] * len(anns)
-            area += [0.0] * len(anns)
-            clipped += [0.0] * len(anns)
+            rows += [(0.0,) * 5] * len(anns)
             continue
         ious = np.asarray(mask_utils.iou(rles, [gt.annToRLE(a) for a in anns], [0] * len(anns)))
         for j, ann in enumerate(anns):
             k = int(ious[:, j].argmax())
             p = mask_utils.decode(rles[k]).astype(bool)
             g = gt.annToMask(ann).astype(bool)
-            inter = float((p & g).sum())
-            iou.append(float(ious[k, j]))
-            prec.append(inter / max(float(p.sum()), 1.0))
-            rec.append(inter / max(float(g.sum()), 1.0))
-            area.append(float(p.sum()) / max(float(g.sum()), 1.0))
+            inter, p_area, g_area = float((p & g).sum()), float(p.sum()), max(float(g.sum()), 1.0)
             x, y, w, h = ann["bbox"]
             box = np.zeros_like(g)
             box[int(round(y)) : int(round(y + h)), int(round(x)) : int(round(x + w))] = True
             pc = p & box
-            clipped.append(float((pc & g).sum()) / max(float((pc | g).sum()), 1.0))
-    iou_a = np.asarray(iou)
+            cut = float((pc & g).sum()) / max(float((pc | g).sum()), 1.0)
+            rows.append((float(ious[k, j]), inter / max(p_area, 1.0), inter / g_area,
+                         p_area / g_area, cut))
+    iou, prec, rec, area, clipped = np.asarray(rows, dtype=float).reshape(-1, 5).T
     return {
-        "objects": len(iou),
-        "best_iou": float(iou_a.mean()),
-        "frac_iou_0.5": float((iou_a > 0.5).mean()),
-        "frac_iou_0.75": float((iou_a > 0.75).mean()),
-        "precision": float(np.mean(prec)),
-        "recall": float(np.mean(rec)),
+        "objects": len(rows),
+        "best_iou": float(iou.mean()),
+        "frac_iou_0.5": float((iou > 0.5).mean()),
+        "frac_iou_0.75": float((iou > 0.75).mean()),
+        "precision": float(prec.mean()),
+        "recall": float(rec.mean()),
         "area_ratio_median": float(np.median(area)),
-        "iou_cut_to_gt_box": float(np.mean(clipped)),
+        "iou_cut_to_gt_box": float(clipped.mean()),
     }
 
 
@@ -123,8 +117,11 @@ def main() -> None:
         name, _, path = item.rpartition("=")
         if not path:
             raise SystemExit(f"expected NAME=RESULTS_JSON, got {item!r}")
-        with open(path) as f:
-            runs[name] = json.load(f)
+        try:
+            with open(path) as f:
+                runs[name] = json.load(f)
+        except (OSError, json.JSONDecodeError) as e:
+            raise SystemExit(f"{path}: cannot read results json ({e})") from None
         m = fit(gt, runs[name])
         rows[name] = m
         table.append([name, m["objects"], m["best_iou"], m["frac_iou_0.5"], m["frac_iou_0.75"],

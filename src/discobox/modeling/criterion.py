@@ -302,11 +302,11 @@ class SOLOv2Criterion(nn.Module):
                     mode=self.crf_mode,
                     params=self.crf_params,
                 )
-            if self.ts_region == "image":
-                region = torch.ones_like(pos.targets)
-            else:
-                region = F.max_pool2d(pos.targets[:, None], 3, stride=1, padding=1)[:, 0]
-        loss = dice_loss(probs * region, pseudo).mean()
+        student = probs
+        if self.ts_region == "box":
+            dilated = F.max_pool2d(pos.targets[:, None], 3, stride=1, padding=1)[:, 0]
+            student = probs * dilated
+        loss = dice_loss(student, pseudo).mean()
         corr_terms = self._correspondence_ts_terms(out, pos, probs)
         if corr_terms is not None and corr_terms.numel():
             loss = loss + corr_terms.mean()
