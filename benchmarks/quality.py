@@ -65,6 +65,37 @@ def schedule(iters: int, scale: int, batch: int) -> list[str]:
     ]
 
 
+def train_command(recipe: str, run: Path, dataset: str, iters: int, scale: int, batch: int,
+                  overrides: list[str]) -> list[str]:
+    """``discobox train`` of one run of this benchmark's recipe (resumes an interrupted run)."""
+    return [sys.executable, "-m", "discobox", "train", recipe, "--output-dir", str(run),
+            "--resume", *dataset_overrides(dataset), *schedule(iters, scale, batch), *overrides]
+
+
+def run_jobs(jobs: list[tuple[Path, list[str]]], parallel: int) -> None:
+    """Run ``(run_dir, command)`` jobs, ``parallel`` at a time; the CPU threads are split
+    between them. Each job logs to ``run_dir/stdout.txt``; the first failure stops the rest."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1",
+           "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 2) // parallel))}
+    todo = list(jobs)
+    running: list[tuple[Path, subprocess.Popen]] = []
+    while todo or running:
+        while todo and len(running) < parallel:
+            run, cmd = todo.pop(0)
+            run.mkdir(parents=True, exist_ok=True)
+            print("$", " ".join(cmd), flush=True)
+            log = open(run / "stdout.txt", "a")
+            running.append((run, subprocess.Popen(cmd, env=env, stdout=log, stderr=log)))
+        time.sleep(5)
+        for item in list(running):
+            if item[1].poll() is not None:
+                running.remove(item)
+                if item[1].returncode:
+                    for _, proc in running:
+                        proc.terminate()
+                    raise SystemExit(f"{item[0]} failed: see {item[0] / 'stdout.txt'}")
+
+
 def mean_sec_per_iter(run: Path) -> float:
     vals = []
     for line in (run / "metrics.jsonl").read_text().splitlines():
@@ -102,26 +133,9 @@ def main() -> None:
     base = OUT / "quality" / name
     variants = args.variants.split(",")
     todo = [v for v in variants if not (base / v / "metrics_final.json").is_file()]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1",
-           "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 2) // args.parallel))}
-    running: list[tuple[str, subprocess.Popen]] = []
-    while todo or running:
-        while todo and len(running) < args.parallel:
-            variant = todo.pop(0)
-            run = base / variant
-            run.mkdir(parents=True, exist_ok=True)
-            cmd = [sys.executable, "-m", "discobox", "train", args.recipe, "--output-dir",
-                   str(run), "--resume", *dataset_overrides(args.dataset),
-                   *schedule(args.iters, args.scale, args.batch), *VARIANTS[variant], *args.set]
-            print("$", " ".join(cmd), flush=True)
-            log = open(run / "stdout.txt", "a")
-            running.append((variant, subprocess.Popen(cmd, env=env, stdout=log, stderr=log)))
-        time.sleep(5)
-        for item in list(running):
-            if item[1].poll() is not None:
-                running.remove(item)
-                if item[1].returncode:
-                    raise SystemExit(f"{item[0]} failed: see {base / item[0] / 'stdout.txt'}")
+    run_jobs([(base / v, train_command(args.recipe, base / v, args.dataset, args.iters,
+                                       args.scale, args.batch, VARIANTS[v] + args.set))
+              for v in todo], args.parallel)
     results = {}
     for variant in variants:
         run = base / variant

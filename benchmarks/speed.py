@@ -265,6 +265,8 @@ def main() -> None:
         print(case, results[case], flush=True)
     meta = {"size": [h, w], "device": args.device, "threads": args.threads, "reps": args.reps,
             "torch": torch.__version__, "cpu": platform.processor() or platform.machine()}
+    if args.device.startswith("cuda"):
+        meta["gpu"] = torch.cuda.get_device_name(torch.device(args.device))
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / f"speed_{args.device.split(':')[0]}.json").write_text(
         json.dumps({"meta": meta, "results": results}, indent=2))
