@@ -7,7 +7,8 @@ One run of quality.py's schedule per (variant, seed), with ``train.seed=<seed>``
 lives where quality.py puts it (``benchmarks/out/quality/<dataset><tag>/<variant>``), seed ``s``
 in ``<dataset><tag>_seed<s>``, so runs made by quality.py are reused and every run resumes if
 interrupted. Prints the per-seed table and, per variant, the mean and standard deviation of mask
-AP and of the ratio to ``full`` of the same seed; writes ``benchmarks/out/seeds_<dataset><tag>.json``.
+AP and of the ratio to ``full`` of the same seed; writes
+``benchmarks/out/seeds_<dataset><tag>.json``.
 """
 
 from __future__ import annotations
