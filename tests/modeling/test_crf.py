@@ -189,6 +189,46 @@ def test_lattice_window_sum_equals_offset_loop(kernel_size, dilation):
         torch.testing.assert_close(got, ref[:, a::period, b::period])
 
 
+@pytest.mark.parametrize("kernel_size,dilation", [(3, 1), (7, 1), (5, 2)])
+def test_kernels_unfold_form_equals_offset_loop(kernel_size, dilation):
+    """The one-unfold kernels (the GPU default) equal the per-offset loops (the CPU default)."""
+    from discobox.modeling.meanfield import meanfield_kernel
+
+    img = torch.randn((3, 9, 14), generator=torch.Generator().manual_seed(3))
+    loop = meanfield_kernel(img, kernel_size=kernel_size, dilation=dilation, vectorized=False)
+    vec = meanfield_kernel(img, kernel_size=kernel_size, dilation=dilation, vectorized=True)
+    torch.testing.assert_close(vec, loop)
+    assert float(vec[kernel_size**2 // 2].abs().max()) == 0.0  # no self-edge
+    if dilation == 1:
+        torch.testing.assert_close(color_kernel(img, kernel_size=kernel_size, vectorized=True),
+                                   color_kernel(img, kernel_size=kernel_size, vectorized=False))
+
+
+@pytest.mark.parametrize("mode", ["faithful", "meanfield"])
+@pytest.mark.parametrize("crop", [True, False])
+def test_crf_unfold_path_equals_loop_path(mode, crop, monkeypatch):
+    """crf_pseudo_labels takes the unfold forms off the CPU; forced on the CPU they give the
+    same labels as the loops."""
+    import discobox.modeling.crf as crf_mod
+    import discobox.modeling.crf_window as window_mod
+    import discobox.modeling.meanfield as mf_mod
+
+    g = torch.Generator().manual_seed(4)
+    n, h, w = 5, 30, 36
+    image = torch.randn(3, h, w, generator=g)
+    probs = torch.rand(n, h, w, generator=g)
+    boxes = torch.zeros(n, h, w)
+    for i, (y0, y1, x0, x1) in enumerate(
+        [(0, 10, 0, 12), (5, 29, 3, 20), (20, 30, 30, 36), (13, 14, 9, 30), (2, 28, 2, 34)]
+    ):
+        boxes[i, y0:y1, x0:x1] = 1
+    loop = crf_pseudo_labels(probs, boxes, image, mode=mode, crop=crop)
+    for mod in (crf_mod, window_mod, mf_mod):
+        monkeypatch.setattr(mod, "vectorized_default", lambda x: True)
+    vec = crf_pseudo_labels(probs, boxes, image, mode=mode, crop=crop)
+    torch.testing.assert_close(vec, loop, atol=1e-5, rtol=0)
+
+
 def test_meanfield_hard_option_binarises_marginals():
     img = _two_region_image()
     probs = torch.rand((2, 12, 12), generator=torch.Generator().manual_seed(2))

@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .crf_window import offsets, shifted, window_sum
-from .meanfield import energy, meanfield_crf, meanfield_kernel
+from .crf_window import full_window_sum, neighbours, offsets, shifted, vectorized_default
+from .meanfield import _MF_CHUNK_ELEMS, energy, meanfield_crf, meanfield_kernel
 
 __all__ = ["CRF_MODES", "CRFParams", "color_kernel", "crf_pseudo_labels", "energy",
            "faithful_crf", "meanfield_crf", "meanfield_kernel"]
@@ -39,6 +39,7 @@ def color_kernel(
     alpha0: float = 2.0,
     theta0: float = 0.5,
     theta1: float = 30.0,
+    vectorized: bool | None = None,
 ) -> Tensor:
     """Official pairwise kernel (METHOD.md §4.3, H:756-771).
 
@@ -49,18 +50,25 @@ def color_kernel(
 
     Args:
         image_q: ``float[3, h, w]`` normalised image at ¼ res (bilinear, ``align_corners=True``).
+        vectorized: one unfold instead of a loop over offsets (same values); default: off the
+            CPU (:func:`~.crf_window.vectorized_default`).
 
     Returns:
         ``float32[k*k, h, w]``, offsets in row-major order.
     """
     img = image_q.float() + 10.0
     offs = offsets(kernel_size)
+    spatial = [(dy * dy + dx * dx) / (2 * theta1**2) for dy, dx in offs]
+    if vectorized is None:
+        vectorized = vectorized_default(img)
+    if vectorized:  # all offsets at once (few GPU launches)
+        d2 = ((neighbours(img, kernel_size) - img[:, None]) ** 2).sum(dim=0)
+        sp = torch.tensor(spatial, device=img.device).view(len(offs), 1, 1)
+        return alpha0 * torch.exp(-d2 / (2 * theta0**2) - sp)
     out = []
-    for (dy, dx), nb in zip(offs, shifted(img, offs)):
+    for nb, sp in zip(shifted(img, offs), spatial):
         d2 = ((nb - img) ** 2).sum(dim=0)
-        out.append(
-            alpha0 * torch.exp(-d2 / (2 * theta0**2) - (dy * dy + dx * dx) / (2 * theta1**2))
-        )
+        out.append(alpha0 * torch.exp(-d2 / (2 * theta0**2) - sp))
     return torch.stack(out)
 
 
@@ -98,14 +106,22 @@ def faithful_crf(
     m = box_masks.float()
     kernel = kernel.float()
     kernel_size = int(round(kernel.shape[0] ** 0.5))
-    offs = offsets(kernel_size)
+    n, h, w = m.shape
+    chunk = max(1, _MF_CHUNK_ELEMS // max(1, 2 * kernel.shape[0] * h * w))
+    if n > chunk:  # objects are independent: bound the unfolded windows' memory
+        return torch.cat([
+            faithful_crf(probs[s:s + chunk], m[s:s + chunk], kernel, iters=iters, base=base,
+                         gamma=gamma,
+                         cross_term=None if cross_term is None else cross_term[s:s + chunk])
+            for s in range(0, n, chunk)
+        ])
     hi = torch.tensor(1.0 - base, device=m.device)
     lo = torch.tensor(base, device=m.device)
     q_fg = torch.where(probs.float() * m > 0.5, hi, lo)
     for _ in range(iters):
         q = torch.stack([1.0 - q_fg, q_fg], dim=1)  # [N, 2, h, w]: bg, fg
-        a = window_sum(kernel, -torch.log(q), offs)
-        f = torch.exp(-a)
+        a = full_window_sum(kernel, -torch.log(q).view(2 * n, h, w), kernel_size)
+        f = torch.exp(-a.view(n, 2, h, w))
         if cross_term is not None:
             f = f + gamma * cross_term.float()
         f = torch.stack([f[:, 0], f[:, 1] * m], dim=1) + 1e-6
@@ -206,16 +222,14 @@ def _crf(
     mode: str,
     p: CRFParams,
     cross_term: Tensor | None,
+    kernel: Tensor | None = None,
 ) -> Tensor:
-    """One CRF pass on whole (possibly cropped) maps; see :func:`crf_pseudo_labels`."""
+    """One CRF pass on whole (possibly cropped) maps; see :func:`crf_pseudo_labels`.
+    ``kernel``: the mode's pairwise kernel of ``image_q`` if already computed (:func:`_kernel`).
+    """
+    if kernel is None:
+        kernel = _kernel(image_q, mode, p)
     if mode == "faithful":
-        kernel = color_kernel(
-            image_q,
-            kernel_size=p.kernel_size,
-            alpha0=p.alpha0,
-            theta0=p.theta0,
-            theta1=p.theta1,
-        )
         return faithful_crf(
             probs,
             box_masks,
@@ -241,9 +255,20 @@ def _crf(
             schedule=p.schedule,
             cross_term=cross_term,
             cross_weight=p.cross_weight,
+            kernel=kernel,
         )
         return (q > 0.5).float() if p.hard else q
     raise ValueError(f"unknown CRF mode {mode!r}; expected one of {CRF_MODES}")
+
+
+def _kernel(image_q: Tensor, mode: str, p: CRFParams) -> Tensor:
+    """The pairwise kernel of ``mode`` for ``image_q``: ``float32[k*k, h, w]``."""
+    if mode == "faithful":
+        return color_kernel(image_q, kernel_size=p.kernel_size, alpha0=p.alpha0,
+                            theta0=p.theta0, theta1=p.theta1)
+    return meanfield_kernel(image_q, kernel_size=p.mf_kernel_size, dilation=p.dilation,
+                            w_color=p.w_color, theta_color=p.theta_color,
+                            w_spatial=p.w_spatial, theta_spatial=p.theta_spatial)
 
 
 @torch.no_grad()
@@ -293,37 +318,48 @@ def _per_box(
     params: CRFParams,
     cross_term: Tensor | None,
 ) -> Tensor:
-    """:func:`crf_pseudo_labels` object by object on ``box + margin`` crops (same result)."""
+    """:func:`crf_pseudo_labels` object by object on ``box + margin`` crops (same result).
+
+    The kernel is computed once on the whole image and cropped: inside a box every neighbour
+    within the window lies in the crop, so the crop's own kernel would be the same there, and
+    outside the box the foreground is 0 either way.
+    """
     out = torch.zeros_like(probs, dtype=torch.float32)
-    h, w = probs.shape[-2:]
+    n, h, w = probs.shape
     dilation = params.dilation if mode == "meanfield" else 1
     ksize = params.mf_kernel_size if mode == "meanfield" else params.kernel_size
     r = (ksize // 2) * dilation
     period = r + 1
     inside = box_masks > 0
     rows, cols = inside.any(dim=2), inside.any(dim=1)  # [N, h], [N, w]
+    ar_h = torch.arange(h, device=probs.device)
+    ar_w = torch.arange(w, device=probs.device)
+    # first/last row and column of every box, fetched in one transfer
+    bounds = torch.stack([
+        torch.where(rows, ar_h, h).amin(dim=1), torch.where(rows, ar_h, -1).amax(dim=1),
+        torch.where(cols, ar_w, w).amin(dim=1), torch.where(cols, ar_w, -1).amax(dim=1),
+    ], dim=1).tolist() if n else []
     # Objects with the same crop (e.g. the positive cells of one ground-truth box) run together.
     groups: dict[tuple[int, int, int, int], list[int]] = {}
-    for i in range(probs.shape[0]):
-        ys = torch.nonzero(rows[i]).flatten()
-        xs = torch.nonzero(cols[i]).flatten()
-        if ys.numel() == 0:
+    for i, (ya, yb, xa, xb) in enumerate(bounds):
+        if yb < 0:  # empty box
             continue
         # Crop origins are multiples of the colouring period, so the colour classes of the
         # mean-field "colored" schedule stay the same as on the whole image.
-        y0, y1 = max(0, int(ys[0]) - r) // period * period, min(h, int(ys[-1]) + 1 + r)
-        x0, x1 = max(0, int(xs[0]) - r) // period * period, min(w, int(xs[-1]) + 1 + r)
+        y0, y1 = max(0, ya - r) // period * period, min(h, yb + 1 + r)
+        x0, x1 = max(0, xa - r) // period * period, min(w, xb + 1 + r)
         groups.setdefault((y0, y1, x0, x1), []).append(i)
-    for (y0, y1, x0, x1), members in groups.items():
-        idx = torch.tensor(members, device=probs.device)
-        crop = (..., slice(y0, y1), slice(x0, x1))
-        out[idx, y0:y1, x0:x1] = crf_pseudo_labels(
-            probs[idx][crop],
-            box_masks[idx][crop],
-            image_q[crop],
-            mode=mode,
-            params=params,
-            cross_term=None if cross_term is None else cross_term[idx][crop],
-            crop=False,
-        )
+    if not groups:
+        return out
+    with torch.autocast(device_type=probs.device.type, enabled=False):
+        kernel = _kernel(image_q, mode, params)
+        for (y0, y1, x0, x1), members in groups.items():
+            idx = torch.tensor(members, device=probs.device)
+            crop = (..., slice(y0, y1), slice(x0, x1))
+            y = _crf(probs[idx][crop], box_masks[idx][crop], image_q[crop], mode=mode,
+                     p=params, cross_term=None if cross_term is None else cross_term[idx][crop],
+                     kernel=kernel[crop])
+            if params.fill_holes:
+                y = torch.maximum(y, fill_holes(y > 0.5).to(y.dtype))
+            out[idx, y0:y1, x0:x1] = y
     return out

@@ -2,7 +2,10 @@
 
 ``window_sum`` is the reference (one shifted copy per offset, zero padding);
 ``lattice_window_sum`` computes the same sum with one ``F.unfold``, optionally on one colour
-class of pixels only (the mean-field "colored" schedule).
+class of pixels only (the mean-field "colored" schedule). ``full_window_sum`` picks between
+the two by device: on the CPU the per-offset loop is 8-20x faster than the unfold (which
+copies every window); on a GPU the unfold is 3 kernel launches instead of about ``3 k^2``, and
+launches are what a GPU training step of small maps spends its time on (BENCHMARKS.md, GPU).
 """
 
 from __future__ import annotations
@@ -51,3 +54,31 @@ def lattice_window_sum(
     hb, wb = len(range(a, h, step)), len(range(b, w, step))
     kern = kernel[:, a::step, b::step].reshape(kernel.shape[0], 1, -1)  # [K, 1, L]
     return (cols.transpose(0, 1) * kern).sum(dim=0).view(n, hb, wb)
+
+
+def vectorized_default(x: Tensor) -> bool:
+    """Whether the window code should take its unfold (one-launch) form for tensors like ``x``:
+    off the CPU, yes; on the CPU the per-offset loops are faster."""
+    return x.device.type != "cpu"
+
+
+def full_window_sum(
+    kernel: Tensor, x: Tensor, kernel_size: int, dilation: int = 1,
+    *, vectorized: bool | None = None,
+) -> Tensor:
+    """:func:`window_sum` on every pixel of ``x: [N, h, w]``: the per-offset loop, or with
+    ``vectorized`` (default: off the CPU) one :func:`lattice_window_sum`. Same values."""
+    if vectorized is None:
+        vectorized = vectorized_default(x)
+    if vectorized:
+        return lattice_window_sum(kernel, x, kernel_size, dilation, 0, 0, 1)
+    return window_sum(kernel, x, offsets(kernel_size, dilation))
+
+
+def neighbours(x: Tensor, kernel_size: int, dilation: int = 1) -> Tensor:
+    """``x[:, p + d_j]`` for every offset ``j`` (zero outside), ``[C, k*k, h, w]`` from one
+    ``F.unfold`` of ``x: [C, h, w]`` (offsets in :func:`offsets` order)."""
+    c, h, w = x.shape
+    r = (kernel_size // 2) * dilation
+    cols = F.unfold(x[None], kernel_size, dilation=dilation, padding=r)
+    return cols.view(c, kernel_size * kernel_size, h, w)

@@ -15,7 +15,15 @@ import math
 import torch
 from torch import Tensor
 
-from .crf_window import lattice_window_sum, offsets, shifted, window_sum
+from .crf_window import (
+    full_window_sum,
+    lattice_window_sum,
+    neighbours,
+    offsets,
+    shifted,
+    vectorized_default,
+    window_sum,
+)
 
 _MF_CHUNK_ELEMS = 1 << 24  # unfolded values per chunk of objects (64 MiB in fp32)
 
@@ -29,6 +37,7 @@ def meanfield_kernel(
     theta_color: float = 0.5,
     w_spatial: float = 0.25,
     theta_spatial: float = 1.0,
+    vectorized: bool | None = None,
 ) -> Tensor:
     """Symmetric pairwise weights ``k(p, p + d_j)`` of the mean-field CRF.
 
@@ -38,24 +47,36 @@ def meanfield_kernel(
 
     Args:
         image_q: ``float[3, h, w]`` image at mask resolution (normalised units).
+        vectorized: one unfold instead of a loop over offsets (same values); default: off the
+            CPU (:func:`~.crf_window.vectorized_default`).
 
     Returns:
-        ``float32[k*k, h, w]``, offsets as :func:`_offsets`.
+        ``float32[k*k, h, w]``, offsets as :func:`~.crf_window.offsets`.
     """
     img = image_q.float()
-    h, w = img.shape[-2:]
+    c, h, w = img.shape
     offs = offsets(kernel_size, dilation)
+    spa = [w_spatial * math.exp(-(dy * dy + dx * dx) / (2 * theta_spatial**2)) for dy, dx in offs]
+    if vectorized is None:
+        vectorized = vectorized_default(img)
+    if vectorized:  # all offsets at once (few GPU launches)
+        k2 = len(offs)
+        nb = neighbours(img, kernel_size, dilation)
+        inside = neighbours(torch.ones((1, h, w), device=img.device), kernel_size, dilation)[0]
+        d2 = ((nb - img[:, None]) ** 2).sum(dim=0)
+        spa_t = torch.tensor(spa, device=img.device).view(k2, 1, 1)
+        out = (w_color * torch.exp(-d2 / (2 * theta_color**2)) + spa_t) * inside
+        out[k2 // 2] = 0.0  # the centre is no neighbour
+        return out
     inside = shifted(torch.ones((1, h, w), device=img.device), offs)
-    out = []
-    for (dy, dx), nb, ok in zip(offs, shifted(img, offs), inside):
+    planes = []
+    for (dy, dx), nb, ok, sp in zip(offs, shifted(img, offs), inside, spa):
         if dy == 0 and dx == 0:
-            out.append(torch.zeros((h, w), device=img.device))
+            planes.append(torch.zeros((h, w), device=img.device))
             continue
         d2 = ((nb - img) ** 2).sum(dim=0)
-        col = w_color * torch.exp(-d2 / (2 * theta_color**2))
-        spa = w_spatial * math.exp(-(dy * dy + dx * dx) / (2 * theta_spatial**2))
-        out.append((col + spa) * ok[0])
-    return torch.stack(out)
+        planes.append((w_color * torch.exp(-d2 / (2 * theta_color**2)) + sp) * ok[0])
+    return torch.stack(planes)
 
 
 def _unary_logit(
@@ -86,6 +107,7 @@ def meanfield_crf(
     schedule: str = "parallel",
     cross_term: Tensor | None = None,
     cross_weight: float = 1.0,
+    kernel: Tensor | None = None,
 ) -> Tensor:
     """Mean-field inference for a binary Potts CRF per object; returns soft marginals.
 
@@ -110,6 +132,8 @@ def meanfield_crf(
         iters: full sweeps; ``0`` returns the initial ``Q`` (clamped ``probs`` inside the box).
         cross_term: optional ``float[N, 2, h, w]`` (bg, fg) evidence, added to the unary as
             ``cross_weight * (G_fg - G_bg)`` in logit space (an extension, not official).
+        kernel: optional precomputed :func:`meanfield_kernel` of ``image_q`` (``float[k*k, h,
+            w]``), e.g. a crop of the whole image's kernel; ``image_q`` is then not read.
 
     Returns:
         ``float32[N, h, w]`` marginals ``Q_fg`` (0 outside the box).
@@ -117,15 +141,16 @@ def meanfield_crf(
     if schedule not in ("colored", "parallel"):
         raise ValueError(f"schedule must be 'colored' or 'parallel', got {schedule!r}")
     m = box_masks.float()
-    kernel = meanfield_kernel(
-        image_q,
-        kernel_size=kernel_size,
-        dilation=dilation,
-        w_color=w_color,
-        theta_color=theta_color,
-        w_spatial=w_spatial,
-        theta_spatial=theta_spatial,
-    )
+    if kernel is None:
+        kernel = meanfield_kernel(
+            image_q,
+            kernel_size=kernel_size,
+            dilation=dilation,
+            w_color=w_color,
+            theta_color=theta_color,
+            w_spatial=w_spatial,
+            theta_spatial=theta_spatial,
+        )
     unary = _unary_logit(probs, prob_clamp, cross_term, cross_weight)
     q = torch.sigmoid(unary) * m
     h, w = q.shape[-2:]
@@ -140,8 +165,9 @@ def meanfield_crf(
         for a, b, step in lattices:
             for s in range(0, q.shape[0], chunk):
                 sl = slice(s, s + chunk)
-                field = lattice_window_sum(kernel, 2.0 * q[sl] - 1.0, kernel_size, dilation,
-                                            a, b, step)
+                x = 2.0 * q[sl] - 1.0
+                field = (full_window_sum(kernel, x, kernel_size, dilation) if step == 1 else
+                         lattice_window_sum(kernel, x, kernel_size, dilation, a, b, step))
                 new = torch.sigmoid(unary[sl, a::step, b::step] + field) * m[sl, a::step, b::step]
                 if step == 1:
                     q[sl] = new
