@@ -222,11 +222,24 @@ def test_crf_unfold_path_equals_loop_path(mode, crop, monkeypatch):
         [(0, 10, 0, 12), (5, 29, 3, 20), (20, 30, 30, 36), (13, 14, 9, 30), (2, 28, 2, 34)]
     ):
         boxes[i, y0:y1, x0:x1] = 1
-    loop = crf_pseudo_labels(probs, boxes, image, mode=mode, crop=crop)
+    boxes[4] = boxes[1]  # two objects of one crop
+    cross = torch.rand(n, 2, h, w, generator=g)
+    cases = [(CRFParams(), None), (CRFParams(fill_holes=True), cross),
+             (CRFParams(mf_kernel_size=5, dilation=2, schedule="colored"), None)]
+    loops = [crf_pseudo_labels(probs, boxes, image, mode=mode, crop=crop, params=p,
+                               cross_term=c) for p, c in cases]
     for mod in (crf_mod, window_mod, mf_mod):
         monkeypatch.setattr(mod, "vectorized_default", lambda x: True)
-    vec = crf_pseudo_labels(probs, boxes, image, mode=mode, crop=crop)
-    torch.testing.assert_close(vec, loop, atol=1e-5, rtol=0)
+    for limit in (crf_mod._BATCH_CROP_ELEMS, 2 * 49 * 30 * 36):  # one batch; several
+        monkeypatch.setattr(crf_mod, "_BATCH_CROP_ELEMS", limit)
+        for (p, c), loop in zip(cases, loops):
+            vec = crf_pseudo_labels(probs, boxes, image, mode=mode, crop=crop, params=p,
+                                    cross_term=c)
+            torch.testing.assert_close(vec, loop, atol=1e-5, rtol=0)
+    items = [((0, 30, 0, 36), [1, 4]), ((0, 10, 0, 12), [0]), ((13, 14, 9, 30), [3])]
+    batches = crf_mod._pack_crops(items, 49)
+    assert [len(b) for b in batches] == [1, 2]  # the big crop alone, then the two small ones
+    assert sum(len(m) for b in batches for _, m in b) == 4
 
 
 def test_meanfield_hard_option_binarises_marginals():

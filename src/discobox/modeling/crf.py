@@ -95,7 +95,8 @@ def faithful_crf(
     Args:
         probs: ``float[N, h, w]`` initial foreground probabilities ((T+S)/2 in §4.4).
         box_masks: ``float[N, h, w]`` ¼-res box masks ``M``.
-        kernel: ``float[k*k, h, w]`` from :func:`color_kernel` of the object's image.
+        kernel: ``float[k*k, h, w]`` from :func:`color_kernel` of the objects' image, or one
+            per object (``float[N, k*k, h, w]``).
         iters, base, gamma: 10, 0.1, 0.01 officially.
         cross_term: optional ``float[N, 2, h, w]`` cross-image term ``G`` (channel 0 background,
             1 foreground, §5.6).
@@ -105,16 +106,21 @@ def faithful_crf(
     """
     m = box_masks.float()
     kernel = kernel.float()
-    kernel_size = int(round(kernel.shape[0] ** 0.5))
+    per_object = kernel.dim() == 4
+    k2 = kernel.shape[1] if per_object else kernel.shape[0]
+    kernel_size = int(round(k2**0.5))
     n, h, w = m.shape
-    chunk = max(1, _MF_CHUNK_ELEMS // max(1, 2 * kernel.shape[0] * h * w))
+    chunk = max(1, _MF_CHUNK_ELEMS // max(1, 2 * k2 * h * w))
     if n > chunk:  # objects are independent: bound the unfolded windows' memory
         return torch.cat([
-            faithful_crf(probs[s:s + chunk], m[s:s + chunk], kernel, iters=iters, base=base,
+            faithful_crf(probs[s:s + chunk], m[s:s + chunk],
+                         kernel[s:s + chunk] if per_object else kernel, iters=iters, base=base,
                          gamma=gamma,
                          cross_term=None if cross_term is None else cross_term[s:s + chunk])
             for s in range(0, n, chunk)
         ])
+    if per_object:  # one kernel per map of the [N * 2] (bg, fg) stack
+        kernel = kernel.repeat_interleave(2, dim=0)
     hi = torch.tensor(1.0 - base, device=m.device)
     lo = torch.tensor(base, device=m.device)
     q_fg = torch.where(probs.float() * m > 0.5, hi, lo)
@@ -353,7 +359,15 @@ def _per_box(
         return out
     with torch.autocast(device_type=probs.device.type, enabled=False):
         kernel = _kernel(image_q, mode, params)
-        for (y0, y1, x0, x1), members in groups.items():
+        items = list(groups.items())
+        batches = (_pack_crops(items, kernel.shape[0]) if vectorized_default(probs)
+                   else [[it] for it in items])
+        for batch in batches:
+            if len(batch) > 1:
+                _per_box_batched(out, dict(batch), probs, box_masks, kernel, mode=mode,
+                                 params=params, cross_term=cross_term)
+                continue
+            (y0, y1, x0, x1), members = batch[0]
             idx = torch.tensor(members, device=probs.device)
             crop = (..., slice(y0, y1), slice(x0, x1))
             y = _crf(probs[idx][crop], box_masks[idx][crop], image_q[crop], mode=mode,
@@ -363,3 +377,74 @@ def _per_box(
                 y = torch.maximum(y, fill_holes(y > 0.5).to(y.dtype))
             out[idx, y0:y1, x0:x1] = y
     return out
+
+
+_BATCH_CROP_ELEMS = 1 << 25  # per-object kernels of one batched CRF call (128 MiB in fp32)
+
+
+def _pack_crops(
+    items: list[tuple[tuple[int, int, int, int], list[int]]], k2: int
+) -> list[list[tuple[tuple[int, int, int, int], list[int]]]]:
+    """Crops grouped for :func:`_per_box_batched`, largest first, each batch's per-object
+    kernels (objects x ``k2`` x its largest height x its largest width) within
+    ``_BATCH_CROP_ELEMS``; a crop too big to share a batch runs alone."""
+    items = sorted(items, key=lambda it: -(it[0][1] - it[0][0]) * (it[0][3] - it[0][2]))
+    batches: list[list] = []
+    cur: list = []
+    n = hc = wc = 0
+    for it in items:
+        (y0, y1, x0, x1), members = it
+        n2, h2, w2 = n + len(members), max(hc, y1 - y0), max(wc, x1 - x0)
+        if cur and n2 * k2 * h2 * w2 > _BATCH_CROP_ELEMS:
+            batches.append(cur)
+            cur, n2, h2, w2 = [], len(members), y1 - y0, x1 - x0
+        cur.append(it)
+        n, hc, wc = n2, h2, w2
+    if cur:
+        batches.append(cur)
+    return batches
+
+
+def _per_box_batched(
+    out: Tensor,
+    groups: dict[tuple[int, int, int, int], list[int]],
+    probs: Tensor,
+    box_masks: Tensor,
+    kernel: Tensor,
+    *,
+    mode: str,
+    params: CRFParams,
+    cross_term: Tensor | None,
+) -> None:
+    """All crops of :func:`_per_box` in one CRF call (the GPU path: a few launches per sweep
+    instead of a few per crop and sweep). Each crop sits at the top left of a common
+    ``[Hc, Wc]`` canvas with its own kernel crop; the padding is outside every box (forced
+    background) and its kernel is 0, so every object gets exactly its crop's result. Writes
+    into ``out``."""
+    hc = max(y1 - y0 for y0, y1, _, _ in groups)
+    wc = max(x1 - x0 for _, _, x0, x1 in groups)
+    order = [i for members in groups.values() for i in members]
+    m = len(order)
+    dev = probs.device
+    p_b = torch.zeros((m, hc, wc), device=dev)
+    m_b = torch.zeros((m, hc, wc), device=dev)
+    k_b = torch.zeros((m, kernel.shape[0], hc, wc), device=dev)
+    c_b = None if cross_term is None else torch.zeros((m, 2, hc, wc), device=dev)
+    slots = []
+    s = 0
+    for (y0, y1, x0, x1), members in groups.items():
+        idx = torch.tensor(members, device=dev)
+        sl = slice(s, s + len(members))
+        hh, ww = y1 - y0, x1 - x0
+        p_b[sl, :hh, :ww] = probs[idx, y0:y1, x0:x1]
+        m_b[sl, :hh, :ww] = box_masks[idx, y0:y1, x0:x1]
+        k_b[sl, :, :hh, :ww] = kernel[:, y0:y1, x0:x1]
+        if c_b is not None:
+            c_b[sl, :, :hh, :ww] = cross_term[idx, :, y0:y1, x0:x1]
+        slots.append((idx, sl, y0, y1, x0, x1))
+        s += len(members)
+    y = _crf(p_b, m_b, None, mode=mode, p=params, cross_term=c_b, kernel=k_b)
+    if params.fill_holes:  # the padding is background joined to each crop's far edges
+        y = torch.maximum(y, fill_holes(y > 0.5).to(y.dtype))
+    for idx, sl, y0, y1, x0, x1 in slots:
+        out[idx, y0:y1, x0:x1] = y[sl, : y1 - y0, : x1 - x0]

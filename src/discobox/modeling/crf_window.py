@@ -30,10 +30,11 @@ def shifted(x: Tensor, offs: list[tuple[int, int]]) -> list[Tensor]:
 
 
 def window_sum(kernel: Tensor, x: Tensor, offs: list[tuple[int, int]]) -> Tensor:
-    """``sum_j kernel[j, p] * x[..., p + delta_j]`` with zero padding. ``kernel: [K, h, w]``."""
+    """``sum_j kernel[j, p] * x[..., p + delta_j]`` with zero padding. ``kernel: [K, h, w]``
+    (one for all maps), or ``[N, K, h, w]`` with ``x: [N, h, w]`` (one per map)."""
     out = torch.zeros_like(x)
     for j, nb in enumerate(shifted(x, offs)):
-        out = out + kernel[j] * nb
+        out = out + (kernel[:, j] if kernel.dim() == 4 else kernel[j]) * nb
     return out
 
 
@@ -45,13 +46,17 @@ def lattice_window_sum(
 
     With ``step = 1`` this is :func:`window_sum` for every pixel in one strided op instead of one
     op per offset; with ``step = period`` it is the field on one colour class of the "colored"
-    schedule at ``1 / period^2`` of the cost.
+    schedule at ``1 / period^2`` of the cost. ``kernel`` is ``[K, h, w]`` (one for all maps) or
+    ``[N, K, h, w]`` (one per map).
     """
     n, h, w = x.shape
     r = (kernel_size // 2) * dilation
     xp = F.pad(x, (r, r, r, r))[:, a:, b:]
     cols = F.unfold(xp[:, None], kernel_size, dilation=dilation, stride=step)  # [N, K, L]
     hb, wb = len(range(a, h, step)), len(range(b, w, step))
+    if kernel.dim() == 4:
+        kern = kernel[..., a::step, b::step].reshape(n, kernel.shape[1], -1)  # [N, K, L]
+        return (cols * kern).sum(dim=1).view(n, hb, wb)
     kern = kernel[:, a::step, b::step].reshape(kernel.shape[0], 1, -1)  # [K, 1, L]
     return (cols.transpose(0, 1) * kern).sum(dim=0).view(n, hb, wb)
 

@@ -133,7 +133,8 @@ def meanfield_crf(
         cross_term: optional ``float[N, 2, h, w]`` (bg, fg) evidence, added to the unary as
             ``cross_weight * (G_fg - G_bg)`` in logit space (an extension, not official).
         kernel: optional precomputed :func:`meanfield_kernel` of ``image_q`` (``float[k*k, h,
-            w]``), e.g. a crop of the whole image's kernel; ``image_q`` is then not read.
+            w]``), e.g. a crop of the whole image's kernel, or one per object (``float[N, k*k,
+            h, w]``, objects of several crops batched); ``image_q`` is then not read.
 
     Returns:
         ``float32[N, h, w]`` marginals ``Q_fg`` (0 outside the box).
@@ -166,8 +167,9 @@ def meanfield_crf(
             for s in range(0, q.shape[0], chunk):
                 sl = slice(s, s + chunk)
                 x = 2.0 * q[sl] - 1.0
-                field = (full_window_sum(kernel, x, kernel_size, dilation) if step == 1 else
-                         lattice_window_sum(kernel, x, kernel_size, dilation, a, b, step))
+                kern = kernel[sl] if kernel.dim() == 4 else kernel
+                field = (full_window_sum(kern, x, kernel_size, dilation) if step == 1 else
+                         lattice_window_sum(kern, x, kernel_size, dilation, a, b, step))
                 new = torch.sigmoid(unary[sl, a::step, b::step] + field) * m[sl, a::step, b::step]
                 if step == 1:
                     q[sl] = new
