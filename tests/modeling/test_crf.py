@@ -25,6 +25,14 @@ def _two_region_image(h=12, w=12, seed=0):
     return img + 0.1 * torch.randn((3, h, w), generator=g)
 
 
+def _box_masks(h, w, spans):
+    """``float[len(spans), h, w]`` filled rectangles, one per ``(y0, y1, x0, x1)`` span."""
+    boxes = torch.zeros(len(spans), h, w)
+    for i, (y0, y1, x0, x1) in enumerate(spans):
+        boxes[i, y0:y1, x0:x1] = 1
+    return boxes
+
+
 def _hard_vote(probs, box, image, *, iters=10, alpha0=2.0, theta0=0.5, theta1=30.0):
     """Independent reference (§4.3 "Interpretation"): fg iff inside the box and the
     colour-weighted vote sum_j K_j s_j > 0, s = +1 fg / -1 bg / 0 outside the image."""
@@ -157,12 +165,8 @@ def test_per_box_crop_equals_whole_image(mode):
     n, h, w = 6, 40, 56
     image = torch.randn(3, h, w, generator=g)
     probs = torch.rand(n, h, w, generator=g)
-    boxes = torch.zeros(n, h, w)
-    for i, (y0, y1, x0, x1) in enumerate(
-        [(0, 10, 0, 12), (5, 39, 3, 20), (20, 40, 40, 56), (13, 14, 9, 30), (2, 30, 2, 54),
-         (30, 31, 50, 51)]
-    ):
-        boxes[i, y0:y1, x0:x1] = 1
+    boxes = _box_masks(h, w, [(0, 10, 0, 12), (5, 39, 3, 20), (20, 40, 40, 56),
+                              (13, 14, 9, 30), (2, 30, 2, 54), (30, 31, 50, 51)])
     cross = torch.rand(n, 2, h, w, generator=g)
     for ct in (None, cross):
         whole = crf_pseudo_labels(probs, boxes, image, mode=mode, crop=False, cross_term=ct)
@@ -217,11 +221,8 @@ def test_crf_unfold_path_equals_loop_path(mode, crop, monkeypatch):
     n, h, w = 5, 30, 36
     image = torch.randn(3, h, w, generator=g)
     probs = torch.rand(n, h, w, generator=g)
-    boxes = torch.zeros(n, h, w)
-    for i, (y0, y1, x0, x1) in enumerate(
-        [(0, 10, 0, 12), (5, 29, 3, 20), (20, 30, 30, 36), (13, 14, 9, 30), (2, 28, 2, 34)]
-    ):
-        boxes[i, y0:y1, x0:x1] = 1
+    boxes = _box_masks(h, w, [(0, 10, 0, 12), (5, 29, 3, 20), (20, 30, 30, 36),
+                              (13, 14, 9, 30), (2, 28, 2, 34)])
     boxes[4] = boxes[1]  # two objects of one crop
     cross = torch.rand(n, 2, h, w, generator=g)
     cases = [(CRFParams(), None), (CRFParams(fill_holes=True), cross),

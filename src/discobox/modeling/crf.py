@@ -214,10 +214,7 @@ def crf_pseudo_labels(
     if crop:
         return _per_box(probs, box_masks, image_q, mode=mode, params=p, cross_term=cross_term)
     with torch.autocast(device_type=probs.device.type, enabled=False):
-        y = _crf(probs, box_masks, image_q, mode=mode, p=p, cross_term=cross_term)
-    if p.fill_holes:
-        y = torch.maximum(y, fill_holes(y > 0.5).to(y.dtype))
-    return y
+        return _crf(probs, box_masks, image_q, mode=mode, p=p, cross_term=cross_term)
 
 
 def _crf(
@@ -230,41 +227,25 @@ def _crf(
     cross_term: Tensor | None,
     kernel: Tensor | None = None,
 ) -> Tensor:
-    """One CRF pass on whole (possibly cropped) maps; see :func:`crf_pseudo_labels`.
-    ``kernel``: the mode's pairwise kernel of ``image_q`` if already computed (:func:`_kernel`).
-    """
+    """One CRF pass on whole (possibly cropped) maps, hole filling included; see
+    :func:`crf_pseudo_labels`. ``kernel``: the mode's pairwise kernel of ``image_q`` if already
+    computed (:func:`_kernel`)."""
+    if mode not in CRF_MODES:
+        raise ValueError(f"unknown CRF mode {mode!r}; expected one of {CRF_MODES}")
     if kernel is None:
         kernel = _kernel(image_q, mode, p)
     if mode == "faithful":
-        return faithful_crf(
-            probs,
-            box_masks,
-            kernel,
-            iters=p.iters,
-            base=p.base,
-            gamma=p.gamma,
-            cross_term=cross_term,
-        )
-    if mode == "meanfield":
-        q = meanfield_crf(
-            probs,
-            box_masks,
-            image_q,
-            iters=p.iters,
-            w_color=p.w_color,
-            theta_color=p.theta_color,
-            w_spatial=p.w_spatial,
-            theta_spatial=p.theta_spatial,
-            kernel_size=p.mf_kernel_size,
-            dilation=p.dilation,
-            prob_clamp=p.prob_clamp,
-            schedule=p.schedule,
-            cross_term=cross_term,
-            cross_weight=p.cross_weight,
-            kernel=kernel,
-        )
-        return (q > 0.5).float() if p.hard else q
-    raise ValueError(f"unknown CRF mode {mode!r}; expected one of {CRF_MODES}")
+        y = faithful_crf(probs, box_masks, kernel, iters=p.iters, base=p.base, gamma=p.gamma,
+                         cross_term=cross_term)
+    else:
+        y = meanfield_crf(probs, box_masks, None, iters=p.iters, kernel_size=p.mf_kernel_size,
+                          dilation=p.dilation, prob_clamp=p.prob_clamp, schedule=p.schedule,
+                          cross_term=cross_term, cross_weight=p.cross_weight, kernel=kernel)
+        if p.hard:
+            y = (y > 0.5).float()
+    if p.fill_holes:
+        y = torch.maximum(y, fill_holes(y > 0.5).to(y.dtype))
+    return y
 
 
 def _kernel(image_q: Tensor, mode: str, p: CRFParams) -> Tensor:
@@ -373,8 +354,6 @@ def _per_box(
             y = _crf(probs[idx][crop], box_masks[idx][crop], image_q[crop], mode=mode,
                      p=params, cross_term=None if cross_term is None else cross_term[idx][crop],
                      kernel=kernel[crop])
-            if params.fill_holes:
-                y = torch.maximum(y, fill_holes(y > 0.5).to(y.dtype))
             out[idx, y0:y1, x0:x1] = y
     return out
 
@@ -423,8 +402,7 @@ def _per_box_batched(
     into ``out``."""
     hc = max(y1 - y0 for y0, y1, _, _ in groups)
     wc = max(x1 - x0 for _, _, x0, x1 in groups)
-    order = [i for members in groups.values() for i in members]
-    m = len(order)
+    m = sum(len(members) for members in groups.values())
     dev = probs.device
     p_b = torch.zeros((m, hc, wc), device=dev)
     m_b = torch.zeros((m, hc, wc), device=dev)
@@ -443,8 +421,7 @@ def _per_box_batched(
             c_b[sl, :, :hh, :ww] = cross_term[idx, :, y0:y1, x0:x1]
         slots.append((idx, sl, y0, y1, x0, x1))
         s += len(members)
+    # fill_holes (in _crf) sees the padding as background joined to each crop's far edges
     y = _crf(p_b, m_b, None, mode=mode, p=params, cross_term=c_b, kernel=k_b)
-    if params.fill_holes:  # the padding is background joined to each crop's far edges
-        y = torch.maximum(y, fill_holes(y > 0.5).to(y.dtype))
     for idx, sl, y0, y1, x0, x1 in slots:
         out[idx, y0:y1, x0:x1] = y[sl, : y1 - y0, : x1 - x0]

@@ -94,7 +94,7 @@ def _unary_logit(
 def meanfield_crf(
     probs: Tensor,
     box_masks: Tensor,
-    image_q: Tensor,
+    image_q: Tensor | None,
     *,
     iters: int = 5,
     w_color: float = 1.0,
@@ -128,7 +128,8 @@ def meanfield_crf(
     Args:
         probs: ``float[N, h, w]`` initial foreground probabilities ((T+S)/2, §4.4).
         box_masks: ``float[N, h, w]`` ¼-res box masks.
-        image_q: ``float[3, h, w]`` the objects' image at mask resolution.
+        image_q: ``float[3, h, w]`` the objects' image at mask resolution (unread, may be
+            ``None``, when ``kernel`` is given).
         iters: full sweeps; ``0`` returns the initial ``Q`` (clamped ``probs`` inside the box).
         cross_term: optional ``float[N, 2, h, w]`` (bg, fg) evidence, added to the unary as
             ``cross_weight * (G_fg - G_bg)`` in logit space (an extension, not official).
