@@ -26,12 +26,7 @@ from common import markdown_table
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
-
-def _rle(seg: dict) -> dict:
-    seg = dict(seg)
-    if isinstance(seg["counts"], str):
-        seg["counts"] = seg["counts"].encode()
-    return seg
+from discobox.data.coco import compressed_rle
 
 
 def fit(gt: COCO, dets: list[dict]) -> dict[str, float]:
@@ -43,7 +38,7 @@ def fit(gt: COCO, dets: list[dict]) -> dict[str, float]:
         anns = gt.loadAnns(gt.getAnnIds(imgIds=image_id, iscrowd=False))
         if not anns:
             continue
-        rles = [_rle(d["segmentation"]) for d in by_image.get(image_id, [])]
+        rles = [compressed_rle(d["segmentation"]) for d in by_image.get(image_id, [])]
         if not rles:
             rows += [(0.0,) * 5] * len(anns)
             continue
@@ -86,7 +81,7 @@ def figure(gt: COCO, runs: dict[str, list[dict]], images: str, out: str, *, imag
         for d in dets:
             if d["image_id"] != info["id"] or d["score"] < score_thr:
                 continue
-            m = mask_utils.decode(_rle(d["segmentation"])).astype(bool)
+            m = mask_utils.decode(compressed_rle(d["segmentation"])).astype(bool)
             canvas[m] = 0.5 * canvas[m] + 0.5 * rng.uniform(0, 255, 3)
         if crop is not None:
             x0, y0, x1, y1 = crop

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 from pycocotools import mask as mask_utils
 
+from ..data.coco import compressed_rle, segmentation_to_rle
 from .evaluator import coco_evaluate
 
 logger = logging.getLogger("discobox")
@@ -25,18 +26,11 @@ def gt_rle(seg: Any, height: int, width: int) -> dict[str, Any]:
     """COCO ``segmentation`` (polygons, RLE, compressed RLE) -> compressed RLE (bytes counts).
 
     Raises:
-        ValueError: not polygons or an RLE of size ``[height, width]``.
+        ValueError: not polygons or an RLE of size ``[height, width]``, or no polygon at all.
     """
-    if isinstance(seg, list):
-        polys = [[float(v) for v in p] for p in seg]
-        return mask_utils.merge(mask_utils.frPyObjects(polys, height, width))
-    if isinstance(seg, dict) and isinstance(seg.get("counts"), list):
-        return mask_utils.frPyObjects(seg, height, width)
-    if isinstance(seg, dict) and list(seg.get("size", [])) == [height, width]:
-        counts = seg["counts"]
-        return {"size": [height, width],
-                "counts": counts.encode() if isinstance(counts, str) else counts}
-    raise ValueError("not a polygon list or an RLE of the image size")
+    if isinstance(seg, list) and not seg:
+        raise ValueError("empty polygon list")
+    return segmentation_to_rle(seg, height, width)
 
 
 def evaluate_box_masks(
@@ -86,10 +80,7 @@ def evaluate_box_masks(
                    "segmentation": {"size": rle["size"], "counts": rle["counts"].decode()}})
         if crowd:
             continue
-        counts = pred["counts"]
-        dt = {"size": pred["size"], "counts": counts.encode() if isinstance(counts, str)
-              else counts}
-        ious.append(float(mask_utils.iou([dt], [rle], [0])[0, 0]))
+        ious.append(float(mask_utils.iou([compressed_rle(pred)], [rle], [0])[0, 0]))
         results.append({"image_id": ann["image_id"], "category_id": ann.get("category_id"),
                         "segmentation": pred, "score": float(score if score is not None else 1)})
     metrics: dict[str, Any] = {"mean_iou": round(float(np.mean(ious)), 5) if ious else None,
