@@ -29,6 +29,10 @@ VARIANTS = {
     "proj": ["loss.mode=box", "crf.mode=none"],
     "faithful": ["loss.mode=box", "crf.mode=faithful"],
     "meanfield": ["loss.mode=box", "crf.mode=meanfield"],
+    # the EMA teacher from iteration 0 with a momentum warm-up (teacher.warmup, ours): no
+    # "teacher = student" phase (§4.0)
+    "meanfield_ema": ["loss.mode=box", "crf.mode=meanfield", "teacher.start_iter=0",
+                      "teacher.warmup=true"],
     "pairwise": ["loss.mode=box", "crf.mode=none", "loss.pairwise=true"],
     # the CRF teachers with the hole-filling prior on their targets (ours, crf.fill_holes)
     "meanfield_fill": ["loss.mode=box", "crf.mode=meanfield", "crf.fill_holes=true"],

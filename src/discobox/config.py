@@ -121,6 +121,8 @@ class TeacherConfig:
     enabled: bool = True
     momentum: float = 0.999
     start_iter: int = 13000
+    # ours, for short schedules: momentum min(m, (1+n)/(10+n)) at the n-th update (teacher.py)
+    warmup: bool = False
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ class _Net(nn.Module):
         super().__init__()
         self.fc = nn.Linear(3, 2)
         self.register_buffer("count", torch.zeros(1))
+        self.register_buffer("steps", torch.zeros(1, dtype=torch.long))
 
 
 class _Wrapped(nn.Module):  # stands in for DistributedDataParallel: exposes ``.module``
@@ -28,6 +29,7 @@ def _perturb(model, seed):
         for p in model.parameters():
             p.add_(torch.randn(p.shape, generator=g))
         model.count += 1
+        model.steps += 1
 
 
 def test_teacher_is_a_frozen_eval_copy():
@@ -54,12 +56,35 @@ def test_switch_on_copies_then_ema_follows_formula():
     for k, v in student.state_dict().items():
         assert torch.equal(t.model.state_dict()[k], v)
     k_old = {n: p.clone() for n, p in t.model.named_parameters()}
+    count_old = t.model.count.clone()
     _perturb(student, 4)
     t.update(student, 4)
     for n, q in student.named_parameters():
         torch.testing.assert_close(dict(t.model.named_parameters())[n], 0.9 * k_old[n] + 0.1 * q)
-    assert torch.equal(t.model.count, student.count)  # buffers are copied
+    # float buffers (BN running statistics) follow the same EMA, integer ones are copied
+    torch.testing.assert_close(t.model.count, 0.9 * count_old + 0.1 * student.count)
+    assert not torch.equal(t.model.count, student.count)
+    assert torch.equal(t.model.steps, student.steps)
     assert t.num_updates == 2 and t.last_iter == 4
+
+
+def test_momentum_warmup_follows_the_formula_and_is_capped():
+    student = _Net()
+    t = EMATeacher(student=student, momentum=0.95, start_iter=0, warmup=True)
+    _perturb(student, 1)
+    t.update(student, 1)  # switch-on copy: n = 1 afterwards
+    assert t.active and t.num_updates == 1
+    for n in range(1, 400):
+        m = min(0.95, (1 + n) / (10 + n))
+        assert t.current_momentum() == pytest.approx(m)
+        k_old = t.model.fc.weight.clone()
+        _perturb(student, n + 1)
+        t.update(student, n + 1)
+        torch.testing.assert_close(t.model.fc.weight, m * k_old + (1 - m) * student.fc.weight)
+    assert t.current_momentum() == 0.95  # capped at m from n = 170 on
+    plain = EMATeacher(student=student, momentum=0.95, start_iter=0)
+    plain.update(student, 1)
+    assert plain.current_momentum() == 0.95  # without warm-up: m from the first update
 
 
 def test_teacher_and_gates_state_dict_round_trip():

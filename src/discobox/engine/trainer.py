@@ -159,7 +159,7 @@ def train(cfg: Config, *, resume: bool = False) -> dict[str, Any]:
     teacher = None
     if box_mode and cfg.teacher.enabled and cfg.crf.mode != "none":
         teacher = EMATeacher(student=model, momentum=cfg.teacher.momentum,
-                             start_iter=cfg.teacher.start_iter)
+                             start_iter=cfg.teacher.start_iter, warmup=cfg.teacher.warmup)
     g = cfg.gates
     gates = LossGates(init=g.init, momentum=g.momentum, ts_thresh=g.ts_thresh,
                       corr_thresh=g.corr_thresh, enabled=g.enabled)
@@ -288,6 +288,10 @@ def train(cfg: Config, *, resume: bool = False) -> dict[str, Any]:
         # The release file: weights + config only (what `test`, `predict` and friends need).
         atomic_save({"model": model.state_dict(), "config": cfg.to_dict(),
                      "iteration": sched.max_iter}, out_dir / "model_final.pth")
+        if teacher is not None and teacher.active:
+            # the EMA teacher in the same release format (`test --weights` takes either)
+            atomic_save({"model": teacher.model.state_dict(), "config": cfg.to_dict(),
+                         "iteration": sched.max_iter}, out_dir / "model_final_teacher.pth")
     if du.is_main_process() and metrics:
         import json
 

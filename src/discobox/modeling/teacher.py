@@ -21,27 +21,42 @@ class EMATeacher:
     Until ``start_iter`` the teacher is off and the criterion uses the student itself. At the
     first :meth:`update` with ``iteration >= start_iter`` the teacher becomes an exact copy of
     the student (momentum 0); every later call does ``k <- m*k + (1-m)*q`` over parameters in
-    ``named_parameters`` order, and copies buffers. The official code copies at the end of
-    1-based iteration 13 002 (``cnt > 13000``, D:218-221); ``start_iter=13002`` reproduces that
-    exactly when the trainer passes the number of finished iterations.
+    ``named_parameters`` order. The official code copies at the end of 1-based iteration 13 002
+    (``cnt > 13000``, D:218-221); ``start_iter=13002`` reproduces that exactly when the trainer
+    passes the number of finished iterations.
+
+    Floating-point buffers (BatchNorm running statistics) follow the same EMA and integer ones
+    are copied. The official code copies buffers, which is the same thing there: with frozen BN
+    statistics (``norm_eval``, §4.5) they never change. With trainable BN (the CPU recipe) a
+    copy pairs the student's current statistics with weights averaged over the last ~1/(1-m)
+    steps; the EMA keeps the teacher's statistics as old as its weights (timm's ``ModelEmaV2``
+    averages every state entry the same way).
+
+    ``warmup`` (ours, for short schedules) uses ``m_n = min(m, (1 + n) / (10 + n))`` at the
+    n-th update after switch-on (TensorFlow's ``ExponentialMovingAverage(num_updates)``): the
+    teacher follows the young student closely and averages over ~n/9 steps later on, so it can
+    switch on at iteration 0 instead of leaving "teacher = student" (§4.0) for the first part.
 
     Args:
         student: the model (a DDP wrapper is unwrapped); deep-copied into :attr:`model`.
         momentum: EMA momentum ``m`` (0.999).
         start_iter: first iteration count at which the teacher switches on.
+        warmup: ramp the momentum up as above instead of using ``m`` from the first update.
 
     Attributes:
         model: the teacher, in eval mode, ``requires_grad=False``.
     """
 
     def __init__(
-        self, *, student: nn.Module, momentum: float = 0.999, start_iter: int = 13000
+        self, *, student: nn.Module, momentum: float = 0.999, start_iter: int = 13000,
+        warmup: bool = False,
     ) -> None:
         self.model = copy.deepcopy(unwrap_model(student)).eval()
         for p in self.model.parameters():
             p.requires_grad_(False)
         self.momentum = float(momentum)
         self.start_iter = int(start_iter)
+        self.warmup = bool(warmup)
         self._active = False
         self.last_iter = 0
         self.num_updates = 0
@@ -70,8 +85,15 @@ class EMATeacher:
             self._active = True
             self.num_updates += 1
             return
-        self._copy(src, momentum=self.momentum)
+        self._copy(src, momentum=self.current_momentum())
         self.num_updates += 1
+
+    def current_momentum(self) -> float:
+        """The momentum the next EMA update uses (``m``, or its warm-up value)."""
+        if not self.warmup:
+            return self.momentum
+        n = self.num_updates
+        return min(self.momentum, (1.0 + n) / (10.0 + n))
 
     def _copy(self, src: nn.Module, *, momentum: float) -> None:
         dst_params = dict(self.model.named_parameters())
@@ -88,8 +110,13 @@ class EMATeacher:
             torch._foreach_add_(tgt, ref, alpha=1.0 - momentum)
         dst_buffers = dict(self.model.named_buffers())
         for name, b in src.named_buffers():
-            if name in dst_buffers:
-                dst_buffers[name].copy_(b)
+            if name not in dst_buffers:
+                continue
+            k = dst_buffers[name]
+            if momentum == 0.0 or not k.is_floating_point():
+                k.copy_(b)
+            else:
+                k.mul_(momentum).add_(b.detach().to(k.dtype), alpha=1.0 - momentum)
 
     def state_dict(self) -> dict[str, Any]:
         """Teacher weights and counters (the official code keeps neither, §12.7)."""
@@ -100,6 +127,7 @@ class EMATeacher:
             "num_updates": self.num_updates,
             "momentum": self.momentum,
             "start_iter": self.start_iter,
+            "warmup": self.warmup,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
