@@ -33,6 +33,9 @@ VARIANTS = {
     # "teacher = student" phase (§4.0)
     "meanfield_ema": ["loss.mode=box", "crf.mode=meanfield", "teacher.start_iter=0",
                       "teacher.warmup=true"],
+    # per-object L_ts gate (loss.ts_object_thresh, ours): an object enters L_ts only while
+    # its own projection loss is below 0.5
+    "meanfield_objgate": ["loss.mode=box", "crf.mode=meanfield", "loss.ts_object_thresh=0.5"],
     "pairwise": ["loss.mode=box", "crf.mode=none", "loss.pairwise=true"],
     # the CRF teachers with the hole-filling prior on their targets (ours, crf.fill_holes)
     "meanfield_fill": ["loss.mode=box", "crf.mode=meanfield", "crf.fill_holes=true"],

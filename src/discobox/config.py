@@ -86,6 +86,9 @@ class LossConfig:
     # "box" (official): L_ts compares the student masked by its dilated box with the teacher;
     # "image" (ours): the student's whole mask, so mass outside the box is pulled to 0 too
     ts_region: str = "box"
+    # ours, off by default: object i enters L_ts only while its projection loss is below this
+    # (a per-object L_ts gate; criterion.py)
+    ts_object_thresh: float | None = None
     mask_weight: float = 3.0
     pairwise: bool = False  # BoxInst pairwise colour-affinity term (option)
     pairwise_weight: float = 1.0

@@ -72,6 +72,56 @@ def test_box_mode_keys_values_and_backward():
     _backward_ok(losses, out)
 
 
+def _manual_positives(out, targets):
+    """Student probabilities, box targets and image index of the positives, by hand."""
+    levels = assign_targets(targets, padded_size=(H, W), num_classes=C, num_grids=GRIDS)
+    probs, tgts, imgs = [], [], []
+    for k, t in zip(out.kernels, levels):
+        for p in range(t.grid_index.numel()):
+            b, cell = int(t.img_index[p]), int(t.grid_index[p])
+            kern = k[b].reshape(E, -1)[:, cell]
+            probs.append(torch.sigmoid(torch.einsum("e,ehw->hw", kern, out.mask_feat[b])))
+            tgts.append(t.masks[p])
+            imgs.append(b)
+    probs, tgts = torch.stack(probs), torch.stack(tgts)
+    keep = tgts.flatten(1).sum(1) > 0
+    return probs[keep], tgts[keep], torch.tensor(imgs)[keep]
+
+
+def test_per_object_ts_gate():
+    """loss.ts_object_thresh: only objects whose own projection loss is under the threshold
+    enter L_ts, summed over all objects; the share that entered is reported."""
+    out = _fake_out(seed=1)
+    targets = _targets()
+    probs, tgts, imgs = _manual_positives(out, targets)
+    proj = projection_loss(probs, tgts).detach()
+    img_q = F.interpolate(out.images, size=(H // 4, W // 4), mode="bilinear", align_corners=True)
+    pseudo = torch.zeros_like(probs)
+    for b in (0, 1):
+        sel = imgs == b
+        pseudo[sel] = crf_pseudo_labels(probs[sel].detach(), tgts[sel], img_q[b], mode="faithful")
+    dilated = F.max_pool2d(tgts[:, None], 3, 1, 1)[:, 0]
+    terms = dice_loss(probs * dilated, pseudo)
+    thr = float(proj.median()) + 1e-4
+    entered = proj < thr
+    assert 0 < int(entered.sum()) < len(proj)  # the threshold splits this batch
+    crit = _criterion(ts_object_thresh=thr)
+    losses = crit(out, targets, ts_active=True)
+    torch.testing.assert_close(losses["loss_ts"], terms[entered].sum() / len(proj))
+    assert crit.ts_object_fraction == pytest.approx(float(entered.float().mean()))
+    _backward_ok(losses, out)
+    # every object under the threshold: the official L_ts; none: zero, still connected
+    everyone = _criterion(ts_object_thresh=10.0)(_fake_out(seed=1), targets, ts_active=True)
+    torch.testing.assert_close(everyone["loss_ts"], terms.mean())
+    nobody_crit = _criterion(ts_object_thresh=1e-6)
+    out2 = _fake_out(seed=1)
+    nobody = nobody_crit(out2, targets, ts_active=True)
+    assert _f(nobody["loss_ts"]) == 0.0 and nobody_crit.ts_object_fraction == 0.0
+    _backward_ok(nobody, out2)
+    with pytest.raises(ValueError, match="ts_object_thresh"):
+        _criterion(ts_object_thresh=0.0)
+
+
 @pytest.mark.parametrize("ts_region", ["box", "image"])
 def test_box_mode_matches_manual_computation(ts_region):
     out = _fake_out(seed=1)

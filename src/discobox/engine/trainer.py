@@ -270,6 +270,8 @@ def train(cfg: Config, *, resume: bool = False) -> dict[str, Any]:
                       "sec_per_iter": (now - t_last) / cfg.train.log_period,
                       "gate_avg": gates.avg, "teacher_on": float(teacher is not None
                                                                  and teacher.active)}
+            if getattr(criterion, "ts_object_fraction", None) is not None:
+                record["ts_object_fraction"] = criterion.ts_object_fraction
             t_last = now
             writer.write(step, record, prefix="train/")
         if step % cfg.train.checkpoint_period == 0 or step == sched.max_iter:

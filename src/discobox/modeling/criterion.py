@@ -83,6 +83,14 @@ class SOLOv2Criterion(nn.Module):
         ts_region: ``"box"`` (official §4.4: ``dice(S_i * D_i, Y_i)`` with ``D_i`` the box
             dilated by one pixel) or ``"image"`` (ours: ``dice(S_i, Y_i)``; ``Y_i`` is 0 outside
             the box, so the student's mass outside its box is penalised as well).
+        ts_object_thresh: ours, off (``None``) by default: a per-object form of the L_ts gate
+            (§4.0). Object ``i`` enters ``L_ts`` only while its own projection loss (§4.2, 0..2)
+            is below the threshold, i.e. while the student's mask already agrees with its box;
+            the loss is the sum of the entered objects' terms over all objects, so it grows as
+            objects qualify. An object whose mask drifts (empty, or a fragment) leaves ``L_ts``
+            and is pulled back by the projection loss alone, instead of the CRF target built
+            from that mask pulling it further. The fraction that entered is
+            :attr:`ts_object_fraction` after each call.
         mask_weight: full mode dice weight, 3.0 as SOLOv2's ``ins_loss_weight``.
         pairwise_weight: weight of the optional BoxInst pairwise term.
         use_pairwise: add ``loss_pairwise`` (box mode).
@@ -119,6 +127,7 @@ class SOLOv2Criterion(nn.Module):
         proj_weight: float = 1.0,
         ts_weight: float = 1.0,
         ts_region: str = "box",
+        ts_object_thresh: float | None = None,
         mask_weight: float = 3.0,
         pairwise_weight: float = 1.0,
         use_pairwise: bool = False,
@@ -149,6 +158,10 @@ class SOLOv2Criterion(nn.Module):
         self.proj_weight = proj_weight
         self.ts_weight = ts_weight
         self.ts_region = ts_region
+        if ts_object_thresh is not None and ts_object_thresh <= 0:
+            raise ValueError(f"ts_object_thresh must be > 0 or None, got {ts_object_thresh}")
+        self.ts_object_thresh = ts_object_thresh
+        self.ts_object_fraction: float | None = None  # last batch's share of objects in L_ts
         self.mask_weight = mask_weight
         self.pairwise_weight = pairwise_weight
         self.use_pairwise = use_pairwise
@@ -201,9 +214,8 @@ class SOLOv2Criterion(nn.Module):
                 teacher_logits=None if pos.teacher_logits is None else pos.teacher_logits[keep],
             )
             probs = torch.sigmoid(pos.logits)
-            losses["loss_proj"] = self.proj_weight * self._mean(
-                projection_loss(probs, pos.targets), zero
-            )
+            proj_terms = projection_loss(probs, pos.targets)
+            losses["loss_proj"] = self.proj_weight * self._mean(proj_terms, zero)
             # Correspondence branch (§5): runs before L_ts, whose extra terms it supplies.
             self.corr_result = None
             if self.corr_branch is not None:
@@ -213,7 +225,8 @@ class SOLOv2Criterion(nn.Module):
                     )
                 loss_corr = self.corr_result.loss_corr if self.corr_result is not None else 0.0
                 losses["loss_corr"] = loss_corr + zero
-            losses["loss_ts"] = self._ts_loss(out, pos, probs, ts_active, zero)
+            losses["loss_ts"] = self._ts_loss(out, pos, probs, ts_active, zero,
+                                              proj_terms=proj_terms.detach())
             if self.use_pairwise:
                 losses["loss_pairwise"] = self.pairwise_weight * (
                     self._pairwise_loss(out, pos, image_sizes) + zero
@@ -281,11 +294,27 @@ class SOLOv2Criterion(nn.Module):
         )
 
     def _ts_loss(
-        self, out: HeadOutput, pos: _Positives, probs: Tensor, active: bool, zero: Tensor
+        self, out: HeadOutput, pos: _Positives, probs: Tensor, active: bool, zero: Tensor,
+        *, proj_terms: Tensor | None = None,
     ) -> Tensor:
         """``L_ts = mean_i dice(S_i * D_i, Y_i) (+ mean of correspondence terms)`` (§4.4)."""
+        self.ts_object_fraction = None
         if not active or self.crf_mode == "none" or probs.shape[0] == 0:
             return zero
+        num_objects = probs.shape[0]
+        if self.ts_object_thresh is not None and proj_terms is not None:
+            entered = proj_terms < self.ts_object_thresh
+            self.ts_object_fraction = float(entered.float().mean())
+            if not bool(entered.any()):
+                return zero
+            pos = _Positives(
+                logits=pos.logits[entered],
+                targets=pos.targets[entered],
+                img_index=pos.img_index[entered],
+                teacher_logits=None if pos.teacher_logits is None
+                else pos.teacher_logits[entered],
+            )
+            probs = probs[entered]
         with torch.no_grad():
             teacher = probs.detach()
             if pos.teacher_logits is not None:
@@ -306,7 +335,7 @@ class SOLOv2Criterion(nn.Module):
         if self.ts_region == "box":
             dilated = F.max_pool2d(pos.targets[:, None], 3, stride=1, padding=1)[:, 0]
             student = probs * dilated
-        loss = dice_loss(student, pseudo).mean()
+        loss = dice_loss(student, pseudo).sum() / num_objects
         corr_terms = self._correspondence_ts_terms(out, pos, probs)
         if corr_terms is not None and corr_terms.numel():
             loss = loss + corr_terms.mean()
