@@ -9,6 +9,10 @@ in ``<dataset><tag>_seed<s>``, so runs made by quality.py are reused and every r
 interrupted. Prints the per-seed table and, per variant, the mean and standard deviation of mask
 AP and of the ratio to ``full`` of the same seed; writes
 ``benchmarks/out/seeds_<dataset><tag>.json``.
+
+``--teacher`` also evaluates each box run's EMA teacher (``model_final_teacher.pth``, which
+``discobox train`` writes beside the student; for runs made before it did, it is taken from
+the last checkpoint) and reports it as variant ``<variant>@teacher``.
 """
 
 from __future__ import annotations
@@ -16,14 +20,37 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import subprocess
+import sys
 from pathlib import Path
 
+import torch
 from common import OUT, markdown_table
 from quality import VARIANTS, mean_sec_per_iter, run_jobs, train_command
 
 
 def run_dir(name: str, seed: int, variant: str) -> Path:
     return OUT / "quality" / (name if seed == 0 else f"{name}_seed{seed}") / variant
+
+
+def teacher_metrics(run: Path) -> dict | None:
+    """Metrics of the run's EMA teacher (evaluated once, cached in ``metrics_teacher.json``)."""
+    out = run / "metrics_teacher.json"
+    if out.is_file():
+        return json.loads(out.read_text())
+    weights = run / "model_final_teacher.pth"
+    if not weights.is_file():
+        last = run / "last_checkpoint"
+        if not last.is_file():
+            return None
+        ckpt = torch.load(run / last.read_text().strip(), map_location="cpu", weights_only=False)
+        if not (ckpt.get("teacher") or {}).get("active"):
+            return None
+        torch.save({"model": ckpt["teacher"]["model"], "config": ckpt["config"],
+                    "iteration": ckpt["iteration"]}, weights)
+    subprocess.run([sys.executable, "-m", "discobox", "test", "--weights", str(weights),
+                    "--metrics-out", str(out)], check=True)
+    return json.loads(out.read_text())
 
 
 def summarize(results: dict[str, dict[int, dict]]) -> tuple[list[list], list[list]]:
@@ -62,6 +89,8 @@ def main() -> None:
     ap.add_argument("--parallel", type=int, default=1, help="runs at once (threads split)")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                     help="extra config overrides for every run")
+    ap.add_argument("--teacher", action="store_true",
+                    help="also evaluate each run's EMA teacher (variant '<variant>@teacher')")
     args = ap.parse_args()
     variants = args.variants.split(",")
     unknown = [v for v in variants if v not in VARIANTS]
@@ -84,6 +113,9 @@ def main() -> None:
             run = run_dir(name, seed, v)
             m = json.loads((run / "metrics_final.json").read_text())
             results.setdefault(v, {})[seed] = {**m, "sec_per_iter": mean_sec_per_iter(run)}
+            t = teacher_metrics(run) if args.teacher else None
+            if t is not None:
+                results.setdefault(f"{v}@teacher", {})[seed] = {**t, "sec_per_iter": float("nan")}
     per_seed, summary = summarize(results)
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / f"seeds_{name}.json").write_text(json.dumps(
