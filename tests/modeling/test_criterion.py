@@ -129,17 +129,7 @@ def test_box_mode_matches_manual_computation(ts_region):
     losses = _criterion(ts_region=ts_region)(out, targets, ts_active=True)
     levels = assign_targets(targets, padded_size=(H, W), num_classes=C, num_grids=GRIDS)
     assert levels[1].grid_index.numel() > 0  # the 56 px box sits in two levels
-    probs, tgts, imgs = [], [], []
-    for k, t in zip(out.kernels, levels):
-        for p in range(t.grid_index.numel()):
-            b, cell = int(t.img_index[p]), int(t.grid_index[p])
-            kern = k[b].reshape(E, -1)[:, cell]
-            probs.append(torch.sigmoid(torch.einsum("e,ehw->hw", kern, out.mask_feat[b])))
-            tgts.append(t.masks[p])
-            imgs.append(b)
-    probs, tgts = torch.stack(probs), torch.stack(tgts)
-    keep = tgts.flatten(1).sum(1) > 0
-    probs, tgts, imgs = probs[keep], tgts[keep], torch.tensor(imgs)[keep]
+    probs, tgts, imgs = _manual_positives(out, targets)
     torch.testing.assert_close(losses["loss_proj"], projection_loss(probs, tgts).mean())
     # loss_ts with the student as its own teacher: Y = CRF(S, M), dice(S * maxpool(M), Y)
     img_q = F.interpolate(out.images, size=(H // 4, W // 4), mode="bilinear", align_corners=True)
