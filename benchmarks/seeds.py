@@ -24,9 +24,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import torch
 from common import OUT, markdown_table
 from quality import VARIANTS, mean_sec_per_iter, run_jobs, train_command
+
+from discobox.engine.checkpoint import load_checkpoint_file, save_release
 
 
 def run_dir(name: str, seed: int, variant: str) -> Path:
@@ -43,11 +44,10 @@ def teacher_metrics(run: Path) -> dict | None:
         last = run / "last_checkpoint"
         if not last.is_file():
             return None
-        ckpt = torch.load(run / last.read_text().strip(), map_location="cpu", weights_only=False)
+        ckpt = load_checkpoint_file(run / last.read_text().strip())
         if not (ckpt.get("teacher") or {}).get("active"):
             return None
-        torch.save({"model": ckpt["teacher"]["model"], "config": ckpt["config"],
-                    "iteration": ckpt["iteration"]}, weights)
+        save_release(ckpt["teacher"]["model"], ckpt["config"], ckpt["iteration"], weights)
     subprocess.run([sys.executable, "-m", "discobox", "test", "--weights", str(weights),
                     "--metrics-out", str(out)], check=True)
     return json.loads(out.read_text())

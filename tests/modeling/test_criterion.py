@@ -88,6 +88,16 @@ def _manual_positives(out, targets):
     return probs[keep], tgts[keep], torch.tensor(imgs)[keep]
 
 
+def _manual_ts_targets(out, probs, tgts, imgs):
+    """The student as its own teacher: Y = CRF(S, M) per image (faithful), and maxpool(M)."""
+    img_q = F.interpolate(out.images, size=(H // 4, W // 4), mode="bilinear", align_corners=True)
+    pseudo = torch.zeros_like(probs)
+    for b in (0, 1):
+        sel = imgs == b
+        pseudo[sel] = crf_pseudo_labels(probs[sel].detach(), tgts[sel], img_q[b], mode="faithful")
+    return pseudo, F.max_pool2d(tgts[:, None], 3, 1, 1)[:, 0]
+
+
 def test_per_object_ts_gate():
     """loss.ts_object_thresh: only objects whose own projection loss is under the threshold
     enter L_ts, summed over all objects; the share that entered is reported."""
@@ -95,12 +105,7 @@ def test_per_object_ts_gate():
     targets = _targets()
     probs, tgts, imgs = _manual_positives(out, targets)
     proj = projection_loss(probs, tgts).detach()
-    img_q = F.interpolate(out.images, size=(H // 4, W // 4), mode="bilinear", align_corners=True)
-    pseudo = torch.zeros_like(probs)
-    for b in (0, 1):
-        sel = imgs == b
-        pseudo[sel] = crf_pseudo_labels(probs[sel].detach(), tgts[sel], img_q[b], mode="faithful")
-    dilated = F.max_pool2d(tgts[:, None], 3, 1, 1)[:, 0]
+    pseudo, dilated = _manual_ts_targets(out, probs, tgts, imgs)
     terms = dice_loss(probs * dilated, pseudo)
     thr = float(proj.median()) + 1e-4
     entered = proj < thr
@@ -132,12 +137,7 @@ def test_box_mode_matches_manual_computation(ts_region):
     probs, tgts, imgs = _manual_positives(out, targets)
     torch.testing.assert_close(losses["loss_proj"], projection_loss(probs, tgts).mean())
     # loss_ts with the student as its own teacher: Y = CRF(S, M), dice(S * maxpool(M), Y)
-    img_q = F.interpolate(out.images, size=(H // 4, W // 4), mode="bilinear", align_corners=True)
-    pseudo = torch.zeros_like(probs)
-    for b in (0, 1):
-        sel = imgs == b
-        pseudo[sel] = crf_pseudo_labels(probs[sel].detach(), tgts[sel], img_q[b], mode="faithful")
-    dilated = F.max_pool2d(tgts[:, None], 3, 1, 1)[:, 0]
+    pseudo, dilated = _manual_ts_targets(out, probs, tgts, imgs)
     boxed = dice_loss(probs * dilated, pseudo).mean()
     whole = dice_loss(probs, pseudo).mean()  # ts_region=image: mass outside the box counts
     assert _f(whole) > _f(boxed) + 0.01  # the random student spills out of its boxes

@@ -45,6 +45,12 @@ def atomic_save(obj: Any, path: str | Path) -> Path:
     return atomic_write(path, lambda fh: torch.save(obj, fh))
 
 
+def save_release(model_state: dict[str, Any], config: dict[str, Any], iteration: int,
+                 path: str | Path) -> Path:
+    """A release file: weights + config only (what ``test``, ``predict`` and friends need)."""
+    return atomic_save({"model": model_state, "config": config, "iteration": iteration}, path)
+
+
 def atomic_write_text(text: str, path: str | Path) -> Path:
     return atomic_write(path, lambda fh: fh.write(text), binary=False)
 

@@ -27,12 +27,12 @@ from ..modeling.build import build_criterion, build_model, build_object_bank
 from ..modeling.teacher import EMATeacher, LossGates
 from . import distributed as du
 from .checkpoint import (
-    atomic_save,
     atomic_write_text,
     find_last_checkpoint,
     load_checkpoint_file,
     rng_state,
     save_checkpoint,
+    save_release,
     set_rng_state,
 )
 from .log import MetricWriter, setup_logger
@@ -270,7 +270,7 @@ def train(cfg: Config, *, resume: bool = False) -> dict[str, Any]:
                       "sec_per_iter": (now - t_last) / cfg.train.log_period,
                       "gate_avg": gates.avg, "teacher_on": float(teacher is not None
                                                                  and teacher.active)}
-            if getattr(criterion, "ts_object_fraction", None) is not None:
+            if criterion.ts_object_fraction is not None:
                 record["ts_object_fraction"] = criterion.ts_object_fraction
             t_last = now
             writer.write(step, record, prefix="train/")
@@ -287,13 +287,12 @@ def train(cfg: Config, *, resume: bool = False) -> dict[str, Any]:
     writer.close()
     du.barrier()
     if du.is_main_process():
-        # The release file: weights + config only (what `test`, `predict` and friends need).
-        atomic_save({"model": model.state_dict(), "config": cfg.to_dict(),
-                     "iteration": sched.max_iter}, out_dir / "model_final.pth")
+        save_release(model.state_dict(), cfg.to_dict(), sched.max_iter,
+                     out_dir / "model_final.pth")
         if teacher is not None and teacher.active:
             # the EMA teacher in the same release format (`test --weights` takes either)
-            atomic_save({"model": teacher.model.state_dict(), "config": cfg.to_dict(),
-                         "iteration": sched.max_iter}, out_dir / "model_final_teacher.pth")
+            save_release(teacher.model.state_dict(), cfg.to_dict(), sched.max_iter,
+                         out_dir / "model_final_teacher.pth")
     if du.is_main_process() and metrics:
         import json
 

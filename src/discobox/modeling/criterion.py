@@ -69,6 +69,15 @@ class _Positives:
     img_index: Tensor  # int64[P]
     teacher_logits: Tensor | None  # float[P, h, w]
 
+    def select(self, keep: Tensor) -> _Positives:
+        """The positives where the boolean ``keep`` is true."""
+        return _Positives(
+            logits=self.logits[keep],
+            targets=self.targets[keep],
+            img_index=self.img_index[keep],
+            teacher_logits=None if self.teacher_logits is None else self.teacher_logits[keep],
+        )
+
 
 class SOLOv2Criterion(nn.Module):
     """Losses of box-supervised DiscoBox (``mode="box"``) or fully supervised SOLOv2 (``"full"``).
@@ -207,12 +216,7 @@ class SOLOv2Criterion(nn.Module):
                 losses["loss_mask"] = self.mask_weight * self._mean(terms, zero)
                 return losses
             keep = pos.targets.flatten(1).amax(dim=1) > 0  # drop all-zero targets (§4.2)
-            pos = _Positives(
-                logits=pos.logits[keep],
-                targets=pos.targets[keep],
-                img_index=pos.img_index[keep],
-                teacher_logits=None if pos.teacher_logits is None else pos.teacher_logits[keep],
-            )
+            pos = pos.select(keep)
             probs = torch.sigmoid(pos.logits)
             proj_terms = projection_loss(probs, pos.targets)
             losses["loss_proj"] = self.proj_weight * self._mean(proj_terms, zero)
@@ -307,13 +311,7 @@ class SOLOv2Criterion(nn.Module):
             self.ts_object_fraction = float(entered.float().mean())
             if not bool(entered.any()):
                 return zero
-            pos = _Positives(
-                logits=pos.logits[entered],
-                targets=pos.targets[entered],
-                img_index=pos.img_index[entered],
-                teacher_logits=None if pos.teacher_logits is None
-                else pos.teacher_logits[entered],
-            )
+            pos = pos.select(entered)
             probs = probs[entered]
         with torch.no_grad():
             teacher = probs.detach()
