@@ -31,6 +31,8 @@ def main() -> None:
     ap.add_argument("--grabcut-context", type=float, default=None, metavar="C",
                     help="GrabCut on the box grown by C x its size (row grabcut_cC) instead of "
                          "the full image")
+    ap.add_argument("--set", dest="overrides", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="config overrides for --model, e.g. test.refine=meanfield")
     ap.add_argument("--out", type=Path, default=OUT / "pseudo_labels.json")
     args = ap.parse_args()
     path = args.out
@@ -47,13 +49,15 @@ def main() -> None:
         for row, method, w in jobs:
             s = pseudo_label(boxes_json=root / "val.json", images_dir=root / "images",
                              out_json=OUT / "pseudo" / f"{ds}_{row}.json", method=method,
-                             weights=w, device="cpu", evaluate=True, progress=True,
+                             weights=w, overrides=args.overrides if w else None,
+                             device="cpu", evaluate=True, progress=True,
                              grabcut_context=ctx if method == "grabcut" else None)
             table.setdefault(ds, {})[row] = {"mean_iou": s["mean_iou"], "segm/AP": s["segm/AP"],
                                              "boxes": s["boxes"], "seconds": s["seconds"],
                                              "fallback_box": s["fallback_box"],
                                              "fallback_neighbour": s["fallback_neighbour"],
-                                             "weights": w}
+                                             "weights": w,
+                                             "overrides": args.overrides if w else []}
             print(ds, row, table[ds][row], flush=True)
             path.write_text(json.dumps(table, indent=2))
     rows = []

@@ -59,6 +59,7 @@ def test_overrides_and_yaml_values():
         ("modle.num_classes=3", "did you mean 'model'"),
         ("crf.mode=bogus", "must be one of"),
         ("loss.ts_region=crop", "'loss.ts_region' must be one of"),
+        ("test.refine=densecrf", "'test.refine' must be one of"),
         ("solver.lr=abc", "'solver.lr' must be a number"),
         ("solver.lr", "not KEY=VALUE"),
         ("model.num_grids=[1,2]", None),

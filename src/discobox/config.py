@@ -75,6 +75,12 @@ class TestConfig:
     # (height, width): sliding-window inference for models trained with data.train_crop; ours
     tile: tuple[int, int] | None = None
     tile_overlap: float = 0.25  # fraction of the window shared by neighbours
+    # ours, off by default: refine every detection's 1/4-res soft mask with the crf.* CRF
+    # ("meanfield" or "faithful") inside the mask's own box grown by refine_margin pixels;
+    # the meanfield refiner's window is refine_kernel_size (crf.mf_kernel_size is the teacher's)
+    refine: str = "none"
+    refine_margin: int = 1
+    refine_kernel_size: int = 3
 
 
 @dataclass(frozen=True)
@@ -244,6 +250,7 @@ _ENUMS: dict[str, tuple[str, ...]] = {
     "crf.schedule": ("colored", "parallel"),
     "solver.amp": ("fp16", "bf16", "none"),
     "test.kernel": ("gaussian", "linear"),
+    "test.refine": ("none", "meanfield", "faithful"),
     "corr.solver": ("faithful", "sinkhorn"),
     "corr.loss": ("faithful", "infonce"),
     "corr.selection": ("first", "top"),

@@ -140,16 +140,17 @@ class _ModelLabeller:
                  categories: list[dict[str, Any]]) -> None:
         from .data.transforms import build_transforms
         from .engine.distributed import resolve_device
-        from .modeling.build import load_model
+        from .modeling.build import load_model, refine_params
 
         model, cfg = load_model(weights, config=config, overrides=overrides)
         self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
         self.amp = cfg.solver.amp
         self.transforms = build_transforms(train=False, scales=[cfg.data.test_scale])
-        self.infer = BoxConditionedInference(mask_thr=cfg.test.mask_thr,
-                                             scale_ranges=cfg.model.scale_ranges,
-                                             chunk_size=chunk_size)
+        self.infer = BoxConditionedInference(
+            mask_thr=cfg.test.mask_thr, scale_ranges=cfg.model.scale_ranges,
+            chunk_size=chunk_size, refine=None if cfg.test.refine == "none" else cfg.test.refine,
+            refine_params=refine_params(cfg))
         self.cat_to_label = self._label_map(categories, cfg.data.class_names,
                                             cfg.model.num_classes)
 

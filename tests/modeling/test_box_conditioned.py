@@ -11,6 +11,7 @@ from discobox.modeling.box_conditioned import (
     box_region,
     paste_matrix,
 )
+from discobox.modeling.crf import CRFParams
 from discobox.modeling.outputs import HeadOutput
 from discobox.modeling.targets import assign_best_targets
 from discobox.structures import Instances
@@ -122,3 +123,26 @@ def test_empty_mask_falls_back_to_neighbour_then_box():
     chunk = _run(_head_output(-5.0, -5.0))
     assert int(chunk.source[0]) == SOURCE_BOX
     assert bool(chunk.crops[0].all())
+
+
+def test_refine_keeps_the_part_of_the_box_its_colour_supports():
+    # an unsure mask (logit 0.2) over the whole image; the box x, y in [4, 27) of which only
+    # x < 16 is bright, the rest and the whole outside dark
+    out = _head_output(0.2, -5.0)
+    out.images = torch.full((1, 3, 32, 32), -1.5)
+    out.images[:, :, 4:28, 4:16] = 1.5
+    box = torch.tensor([[4.0, 4.0, 27.0, 27.0]])
+
+    def crop(refine):
+        infer = BoxConditionedInference(mask_thr=0.5, scale_ranges=((1, 2048),), refine=refine,
+                                        refine_params=CRFParams(mf_kernel_size=3))
+        (chunk,) = list(infer(out, 0, boxes=box, labels=torch.tensor([1]), image_size=(32, 32),
+                              orig_size=(32, 32)))
+        assert int(chunk.source[0]) == SOURCE_CELL
+        return chunk.crops[0]
+
+    assert bool(crop(None).all())  # the mask as predicted: the whole box
+    refined = crop("meanfield")  # the CRF keeps the bright columns, x 4..15, every row
+    assert refined.shape == (23, 23)
+    assert refined.any(0).nonzero().flatten().tolist() == list(range(12))
+    assert bool(refined.any(1).all()) and bool(refined[1:-1, :12].all())

@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from discobox.modeling.crf import CRFParams
 from discobox.modeling.outputs import HeadOutput
 from discobox.modeling.postprocess import (
     SOLOv2PostProcessor,
@@ -151,3 +152,53 @@ def test_postprocessor_batch_and_chunking():
     res = post(out, image_sizes=[(64, 60), (64, 64)], orig_sizes=[(128, 120), (64, 64)])
     assert [len(r) for r in res] == [1, 0]
     assert res[0].boxes.tolist() == [[47.0, 31.0, 97.0, 65.0]]
+
+
+def _bright_square_output():
+    """``_head_output``'s mask (1/4-res rows 4..7, cols 6..11) on an image whose bright
+    square covers 1/4-res rows 4..8, cols 6..12: the mask misses a row and a column of it."""
+    out = _head_output()
+    out.images = torch.full((1, 3, 64, 64), -1.5)
+    out.images[:, :, 16:36, 24:52] = 1.5
+    return out
+
+
+def _quarter_mask(post):
+    (inst,) = post(_bright_square_output(), image_sizes=[(64, 64)], orig_sizes=[(16, 16)])
+    assert len(inst) == 1
+    ys, xs = torch.nonzero(inst.masks[0], as_tuple=True)
+    return ys.min().item(), ys.max().item(), xs.min().item(), xs.max().item()
+
+
+def test_postprocessor_crf_refine_snaps_mask_to_colour_edges():
+    # official: the mask as predicted
+    assert _quarter_mask(SOLOv2PostProcessor()) == (4, 7, 6, 11)
+    # refined inside the mask's box grown by one pixel: it takes the missed row and column
+    # of the bright square and none of the dark pixels also inside the grown box
+    refined = SOLOv2PostProcessor(refine="meanfield", refine_params=CRFParams(mf_kernel_size=5))
+    assert _quarter_mask(refined) == (4, 8, 6, 12)
+    # with no margin the refiner cannot leave the mask's own box
+    inside = SOLOv2PostProcessor(refine="meanfield", refine_margin=0,
+                                 refine_params=CRFParams(mf_kernel_size=5))
+    assert _quarter_mask(inside) == (4, 7, 6, 11)
+    with pytest.raises(ValueError, match="unknown CRF mode"):
+        SOLOv2PostProcessor(refine="dense")
+    with pytest.raises(ValueError, match="refine_margin"):
+        SOLOv2PostProcessor(refine="meanfield", refine_margin=-1)
+
+
+def test_build_postprocessor_refiner_window_is_its_own():
+    from discobox.config import load_config
+    from discobox.modeling.build import build_postprocessor
+
+    assert build_postprocessor(load_config(None, [])).refine is None
+    cfg = load_config(None, ["test.refine=meanfield", "crf.mf_kernel_size=7",
+                             "crf.theta_color=0.3", "test.refine_margin=2"])
+    post = build_postprocessor(cfg)
+    assert post.refine == "meanfield" and post.refine_margin == 2
+    # the teacher's window stays 7; the refiner's is test.refine_kernel_size (3); the other
+    # CRF settings are shared
+    assert post.refine_params.mf_kernel_size == 3 and post.refine_params.theta_color == 0.3
+    with pytest.raises(ValueError, match="test.refine_kernel_size"):
+        build_postprocessor(load_config(None, ["test.refine=meanfield",
+                                               "test.refine_kernel_size=4"]))

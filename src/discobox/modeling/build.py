@@ -7,6 +7,7 @@ a trained model together with the config it was trained with.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 
@@ -72,6 +73,15 @@ def crf_params(cfg: Config) -> CRFParams:
                      fill_holes=c.fill_holes)
 
 
+def refine_params(cfg: Config) -> CRFParams:
+    """The test-time refiner's CRF (``test.refine``): ``crf.*`` with the meanfield window
+    ``test.refine_kernel_size``."""
+    k = int(cfg.test.refine_kernel_size)
+    if k < 1 or k % 2 == 0:
+        raise ValueError(f"test.refine_kernel_size must be an odd positive integer, got {k}")
+    return dataclasses.replace(crf_params(cfg), mf_kernel_size=k)
+
+
 def build_object_bank(cfg: Config) -> ObjectBank | None:
     """The per-class object bank of ``cfg.corr`` (§5.2), or ``None`` without the branch."""
     c = cfg.corr
@@ -133,7 +143,9 @@ def build_postprocessor(cfg: Config) -> SOLOv2PostProcessor:
     t = cfg.test
     return SOLOv2PostProcessor(score_thr=t.score_thr, mask_thr=t.mask_thr, nms_pre=t.nms_pre,
                                update_thr=t.update_thr, kernel=t.kernel, sigma=t.sigma,
-                               max_per_img=t.max_per_img, strides=HEAD_STRIDES)
+                               max_per_img=t.max_per_img, strides=HEAD_STRIDES,
+                               refine=None if t.refine == "none" else t.refine,
+                               refine_params=refine_params(cfg), refine_margin=t.refine_margin)
 
 
 def _state_dict_of(obj: dict, path: Path) -> dict[str, torch.Tensor]:

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..structures import Instances
+from .crf import CRF_MODES, CRFParams, crf_pseudo_labels
 from .head import dynamic_mask_logits
 from .outputs import HeadOutput
 
@@ -114,6 +115,13 @@ class SOLOv2PostProcessor:
         max_per_img: detections kept per image (step 9).
         strides: per-level stride used for the minimum-area filter (step 5).
         chunk_size: masks upsampled to the original size at a time (memory bound).
+        refine: ours, ``None`` (official) or a CRF mode (``"meanfield"``, ``"faithful"``):
+            after step 9 each kept soft mask is refined by that CRF (§4.3, the teacher's CRF)
+            inside its own box (the box of ``soft > mask_thr``, grown by ``refine_margin``
+            1/4-res pixels), on the normalised input at 1/4 resolution, as the training
+            teacher refines the student's masks. Scores are not changed.
+        refine_params: the CRF's :class:`CRFParams` (config ``crf.*``).
+        refine_margin: pixels (1/4 res) added on every side of the mask's box.
     """
 
     def __init__(
@@ -128,9 +136,20 @@ class SOLOv2PostProcessor:
         max_per_img: int = 100,
         strides: Sequence[int] = (8, 8, 16, 32, 32),
         chunk_size: int = 32,
+        refine: str | None = None,
+        refine_params: CRFParams | None = None,
+        refine_margin: int = 1,
     ) -> None:
         if kernel not in ("gaussian", "linear"):
             raise ValueError(f"unknown Matrix NMS kernel {kernel!r} (use 'gaussian' or 'linear')")
+        if refine is not None and refine not in CRF_MODES:
+            raise ValueError(f"test.refine: unknown CRF mode {refine!r}; expected 'none' or one "
+                             f"of {CRF_MODES}")
+        if int(refine_margin) < 0:
+            raise ValueError(f"test.refine_margin must be >= 0, got {refine_margin}")
+        self.refine = refine
+        self.refine_params = refine_params if refine_params is not None else CRFParams()
+        self.refine_margin = int(refine_margin)
         self.score_thr = score_thr
         self.mask_thr = mask_thr
         self.nms_pre = nms_pre
@@ -178,6 +197,10 @@ class SOLOv2PostProcessor:
                 for c, s in zip(out.cate_logits, self.strides)
             ]
         )
+        image_q = None
+        if self.refine is not None:  # the CRF's colours, as in training (§4.3)
+            image_q = F.interpolate(out.images.float(), size=out.mask_feat.shape[-2:],
+                                    mode="bilinear", align_corners=True)
         return [
             self.single(
                 cate[b],
@@ -186,6 +209,7 @@ class SOLOv2PostProcessor:
                 out.mask_feat[b].float(),
                 image_size=tuple(image_sizes[b]),
                 orig_size=tuple(orig_sizes[b]),
+                image_q=None if image_q is None else image_q[b],
             )
             for b in range(batch)
         ]
@@ -207,6 +231,7 @@ class SOLOv2PostProcessor:
         *,
         image_size: tuple[int, int],
         orig_size: tuple[int, int],
+        image_q: Tensor | None = None,
     ) -> Instances:
         """One image (§7 steps 2-11).
 
@@ -217,6 +242,8 @@ class SOLOv2PostProcessor:
             mask_feat: ``float[E, h, w]``.
             image_size: ``(h_img, w_img)`` resized size before padding.
             orig_size: ``(H0, W0)``.
+            image_q: ``float[3, h, w]`` the normalised input at 1/4 resolution; needed with
+                ``refine``.
         """
         device = cate.device
         orig_size = (int(orig_size[0]), int(orig_size[1]))
@@ -262,6 +289,10 @@ class SOLOv2PostProcessor:
         soft, scores, labels = soft[keep], scores[keep], labels[keep]
         order = torch.argsort(scores, descending=True)[: self.max_per_img]
         soft, scores, labels = soft[order], scores[order], labels[order]
+        if self.refine is not None:
+            if image_q is None:
+                raise ValueError("refine needs image_q, the normalised input at 1/4 resolution")
+            soft = self.refine_masks(soft, image_q)
         # 10. paste back at the original resolution
         masks = self.paste(soft, image_size=image_size, orig_size=orig_size)
         # 11. drop empty masks; boxes from the final binary masks
@@ -273,6 +304,35 @@ class SOLOv2PostProcessor:
             scores=scores.float(),
             masks=masks,
         )
+
+    def refine_masks(self, soft: Tensor, image_q: Tensor) -> Tensor:
+        """``float[N, h, w]`` soft masks refined by the CRF inside their own grown boxes (ours).
+
+        The box of each mask is the extent of ``soft > mask_thr`` plus ``refine_margin``
+        pixels on every side (clipped to the map); a mask with no pixel over the threshold is
+        left as it is. The CRF (``crf_pseudo_labels``, the teacher's, run object by object on
+        box crops) starts from the mask itself and forces background outside the box.
+        """
+        n, h, w = soft.shape
+        fg = soft > self.mask_thr
+        rows, cols = fg.any(2), fg.any(1)  # [N, h], [N, w]
+        m = self.refine_margin
+        ar_h = torch.arange(h, device=soft.device)
+        ar_w = torch.arange(w, device=soft.device)
+        y0 = torch.where(rows, ar_h, h).amin(1, keepdim=True) - m
+        y1 = torch.where(rows, ar_h, -1).amax(1, keepdim=True) + m
+        x0 = torch.where(cols, ar_w, w).amin(1, keepdim=True) - m
+        x1 = torch.where(cols, ar_w, -1).amax(1, keepdim=True) + m
+        inside = (((ar_h >= y0) & (ar_h <= y1))[:, :, None]
+                  & ((ar_w >= x0) & (ar_w <= x1))[:, None, :])
+        nonempty = rows.any(1)
+        if not bool(nonempty.any()):
+            return soft
+        refined = crf_pseudo_labels(soft[nonempty], inside[nonempty].float(), image_q,
+                                    mode=self.refine, params=self.refine_params)
+        out = soft.clone()
+        out[nonempty] = refined
+        return out
 
     def paste(
         self, soft: Tensor, *, image_size: tuple[int, int], orig_size: tuple[int, int]
