@@ -42,10 +42,9 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from .crf import CRF_MODES, CRFParams, crf_pseudo_labels
+from .crf import CRFParams, box_masks, check_refine_mode, crf_pseudo_labels
 from .head import dynamic_mask_logits
 from .outputs import HeadOutput
 from .targets import DEFAULT_SCALE_RANGES, box_center_of_mass, scale_mids
@@ -84,21 +83,6 @@ def box_region(boxes: Tensor, height: int, width: int) -> Tensor:
     x0, x1 = axis(b[:, 0], b[:, 2], width)
     y0, y1 = axis(b[:, 1], b[:, 3], height)
     return torch.stack([x0, y0, x1, y1], dim=1).long()
-
-
-def quarter_box_masks(boxes: Tensor, h: int, w: int) -> Tensor:
-    """``float[N, h, w]``: 1 on the 1/4-res pixels that xyxy ``boxes`` (resized-image frame)
-    touch, ``floor(x0 / 4) .. ceil(x1 / 4) - 1`` per axis, at least one pixel per axis."""
-    q = boxes.float() / 4.0
-    x0 = q[:, 0].floor().clamp(0, w - 1)
-    y0 = q[:, 1].floor().clamp(0, h - 1)
-    x1 = torch.maximum(q[:, 2].ceil().clamp(max=w), x0 + 1)
-    y1 = torch.maximum(q[:, 3].ceil().clamp(max=h), y0 + 1)
-    ar_h = torch.arange(h, dtype=torch.float32)
-    ar_w = torch.arange(w, dtype=torch.float32)
-    rows = (ar_h >= y0[:, None]) & (ar_h < y1[:, None])
-    cols = (ar_w >= x0[:, None]) & (ar_w < x1[:, None])
-    return (rows[:, :, None] & cols[:, None, :]).float()
 
 
 def resize_matrix(n_in: int, n_out: int, *, device: torch.device | None = None) -> Tensor:
@@ -172,10 +156,7 @@ class BoxConditionedInference:
     ) -> None:
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-        if refine is not None and refine not in CRF_MODES:
-            raise ValueError(f"test.refine: unknown CRF mode {refine!r}; expected 'none' or one "
-                             f"of {CRF_MODES}")
-        self.refine = refine
+        self.refine = check_refine_mode(refine)
         self.refine_params = refine_params if refine_params is not None else CRFParams()
         self.mask_thr = mask_thr
         self.ranges = [(float(lo), float(hi)) for lo, hi in scale_ranges]
@@ -260,9 +241,8 @@ class BoxConditionedInference:
         scores = [c[index].float().sigmoid().flatten(1) for c in out.cate_logits]  # [C, S*S]
         image_q = quarter_boxes = None
         if self.refine is not None:  # the CRF's colours and box masks at 1/4 res (§4.3)
-            image_q = F.interpolate(out.images[index:index + 1].float(), size=(h, w),
-                                    mode="bilinear", align_corners=True)[0]
-            quarter_boxes = quarter_box_masks(resized, h, w).to(device)
+            image_q = out.quarter_images(index)
+            quarter_boxes = box_masks(resized, h, w, stride=4).to(device)
 
         for start in range(0, n, self.chunk_size):
             sel = torch.arange(start, min(start + self.chunk_size, n))

@@ -179,6 +179,30 @@ class CRFParams:
 CRF_MODES = ("faithful", "meanfield")
 
 
+def check_refine_mode(mode: str | None) -> str | None:
+    """``mode`` of a test-time refiner (``test.refine``; ``None`` = off), or a ValueError."""
+    if mode is not None and mode not in CRF_MODES:
+        raise ValueError(f"test.refine: unknown CRF mode {mode!r}; expected 'none' or one of "
+                         f"{CRF_MODES}")
+    return mode
+
+
+def box_masks(boxes: Tensor, h: int, w: int, *, stride: float = 1.0) -> Tensor:
+    """``float32[N, h, w]`` (CPU): 1 on the pixels of an ``h x w`` map of the given ``stride``
+    that xyxy ``boxes`` (input pixels) touch, ``floor(x0 / stride) .. ceil(x1 / stride) - 1``
+    per axis, clipped to the map, at least one pixel per axis."""
+    q = boxes.detach().float().cpu() / float(stride)
+    x0 = q[:, 0].floor().clamp(0, w - 1)
+    y0 = q[:, 1].floor().clamp(0, h - 1)
+    x1 = torch.maximum(q[:, 2].ceil().clamp(max=w), x0 + 1)
+    y1 = torch.maximum(q[:, 3].ceil().clamp(max=h), y0 + 1)
+    ar_h = torch.arange(h, dtype=torch.float32)
+    ar_w = torch.arange(w, dtype=torch.float32)
+    rows = (ar_h >= y0[:, None]) & (ar_h < y1[:, None])
+    cols = (ar_w >= x0[:, None]) & (ar_w < x1[:, None])
+    return (rows[:, :, None] & cols[:, None, :]).float()
+
+
 @torch.no_grad()
 def crf_pseudo_labels(
     probs: Tensor,

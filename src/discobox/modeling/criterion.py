@@ -288,15 +288,6 @@ class SOLOv2Criterion(nn.Module):
             teacher_logits=teacher,
         )
 
-    @staticmethod
-    def _quarter_images(out: HeadOutput) -> Tensor:
-        """``float[B, 3, h, w]``: the normalised padded images, bilinear ``align_corners=True``
-        to mask resolution (§4.3 "Colour features")."""
-        h, w = out.mask_feat.shape[-2:]
-        return F.interpolate(
-            out.images.detach().float(), size=(h, w), mode="bilinear", align_corners=True
-        )
-
     def _ts_loss(
         self, out: HeadOutput, pos: _Positives, probs: Tensor, active: bool, zero: Tensor,
         *, proj_terms: Tensor | None = None,
@@ -318,7 +309,7 @@ class SOLOv2Criterion(nn.Module):
             if pos.teacher_logits is not None:
                 teacher = torch.sigmoid(pos.teacher_logits)
             init = (teacher + probs.detach()) / 2
-            images = self._quarter_images(out)
+            images = out.quarter_images()
             pseudo = torch.zeros_like(init)
             for b in pos.img_index.unique().tolist():
                 sel = pos.img_index == b

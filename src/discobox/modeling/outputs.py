@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch.nn.functional as F
 from torch import Tensor
 
 
@@ -29,3 +30,12 @@ class HeadOutput:
     @property
     def num_levels(self) -> int:
         return len(self.cate_logits)
+
+    def quarter_images(self, index: int | None = None) -> Tensor:
+        """``float[B, 3, h, w]`` (``[3, h, w]`` for one ``index``): the normalised padded
+        images, bilinear ``align_corners=True`` to mask resolution, the CRF's colours (§4.3
+        "Colour features"); detached."""
+        images = self.images if index is None else self.images[index:index + 1]
+        q = F.interpolate(images.detach().float(), size=tuple(self.mask_feat.shape[-2:]),
+                          mode="bilinear", align_corners=True)
+        return q if index is None else q[0]

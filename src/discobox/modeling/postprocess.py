@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..structures import Instances
-from .crf import CRF_MODES, CRFParams, crf_pseudo_labels
+from .crf import CRFParams, box_masks, check_refine_mode, crf_pseudo_labels
 from .head import dynamic_mask_logits
 from .outputs import HeadOutput
 
@@ -142,12 +142,9 @@ class SOLOv2PostProcessor:
     ) -> None:
         if kernel not in ("gaussian", "linear"):
             raise ValueError(f"unknown Matrix NMS kernel {kernel!r} (use 'gaussian' or 'linear')")
-        if refine is not None and refine not in CRF_MODES:
-            raise ValueError(f"test.refine: unknown CRF mode {refine!r}; expected 'none' or one "
-                             f"of {CRF_MODES}")
         if int(refine_margin) < 0:
             raise ValueError(f"test.refine_margin must be >= 0, got {refine_margin}")
-        self.refine = refine
+        self.refine = check_refine_mode(refine)
         self.refine_params = refine_params if refine_params is not None else CRFParams()
         self.refine_margin = int(refine_margin)
         self.score_thr = score_thr
@@ -197,10 +194,7 @@ class SOLOv2PostProcessor:
                 for c, s in zip(out.cate_logits, self.strides)
             ]
         )
-        image_q = None
-        if self.refine is not None:  # the CRF's colours, as in training (§4.3)
-            image_q = F.interpolate(out.images.float(), size=out.mask_feat.shape[-2:],
-                                    mode="bilinear", align_corners=True)
+        image_q = out.quarter_images() if self.refine is not None else None
         return [
             self.single(
                 cate[b],
@@ -313,23 +307,16 @@ class SOLOv2PostProcessor:
         left as it is. The CRF (``crf_pseudo_labels``, the teacher's, run object by object on
         box crops) starts from the mask itself and forces background outside the box.
         """
-        n, h, w = soft.shape
         fg = soft > self.mask_thr
-        rows, cols = fg.any(2), fg.any(1)  # [N, h], [N, w]
-        m = self.refine_margin
-        ar_h = torch.arange(h, device=soft.device)
-        ar_w = torch.arange(w, device=soft.device)
-        y0 = torch.where(rows, ar_h, h).amin(1, keepdim=True) - m
-        y1 = torch.where(rows, ar_h, -1).amax(1, keepdim=True) + m
-        x0 = torch.where(cols, ar_w, w).amin(1, keepdim=True) - m
-        x1 = torch.where(cols, ar_w, -1).amax(1, keepdim=True) + m
-        inside = (((ar_h >= y0) & (ar_h <= y1))[:, :, None]
-                  & ((ar_w >= x0) & (ar_w <= x1))[:, None, :])
-        nonempty = rows.any(1)
+        nonempty = fg.flatten(1).any(1)
         if not bool(nonempty.any()):
             return soft
-        refined = crf_pseudo_labels(soft[nonempty], inside[nonempty].float(), image_q,
-                                    mode=self.refine, params=self.refine_params)
+        boxes = masks_to_boxes(fg[nonempty])
+        boxes[:, :2] -= self.refine_margin
+        boxes[:, 2:] += self.refine_margin
+        inside = box_masks(boxes, *soft.shape[-2:]).to(soft.device)
+        refined = crf_pseudo_labels(soft[nonempty], inside, image_q, mode=self.refine,
+                                    params=self.refine_params)
         out = soft.clone()
         out[nonempty] = refined
         return out
