@@ -332,3 +332,52 @@ def test_output_written_atomically(tiny_coco, tmp_path, monkeypatch):
             pseudo_label(**kwargs)
     assert out.read_text() == "previous"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.json"]  # no temp file left
+
+
+def test_tiled_model_method_labels_each_box_in_its_window(tiny_weights, tmp_path):
+    """``test.tile``: a box is labelled in the window that holds it, exactly as if that window
+    were the whole image (no resize here: the test scale keeps 256x640)."""
+    rng = np.random.default_rng(0)
+    wide = np.full((256, 640, 3), 90, np.uint8)
+    for _ in range(12):
+        y, x = rng.integers(0, 220), rng.integers(0, 600)
+        wide[y:y + 36, x:x + 40] = rng.integers(120, 255, 3)
+    images = tmp_path / "images"
+    images.mkdir()
+    # tile 256x320 with overlap 0.25: windows at x = 0, 160, 320
+    parts = {"wide.png": wide, "left.png": wide[:, :320], "right.png": wide[:, 320:]}
+    for name, img in parts.items():
+        cv2.imwrite(str(images / name), np.ascontiguousarray(img[..., ::-1]))
+    box_a, box_b = [20.0, 30.0, 130.0, 120.0], [500.0, 100.0, 100.0, 90.0]  # xywh
+    data = {"images": [], "annotations": [], "categories": [{"id": 1, "name": "a"}]}
+    anns = [("wide.png", box_a), ("wide.png", box_b), ("left.png", box_a),
+            ("right.png", [box_b[0] - 320, *box_b[1:]])]
+    for i, (name, img) in enumerate(parts.items()):
+        data["images"].append({"id": i + 1, "file_name": name, "height": img.shape[0],
+                               "width": img.shape[1]})
+    ids = {im["file_name"]: im["id"] for im in data["images"]}
+    for k, (name, bbox) in enumerate(anns):
+        data["annotations"].append({"id": k + 1, "image_id": ids[name], "category_id": 1,
+                                    "bbox": bbox, "area": bbox[2] * bbox[3], "iscrowd": 0})
+    src = tmp_path / "boxes.json"
+    src.write_text(json.dumps(data))
+    out = tmp_path / "out.json"
+    summary = pseudo_label(boxes_json=src, images_dir=images, out_json=out, weights=tiny_weights,
+                           device="cpu", progress=False,
+                           overrides=["data.test_scale=[640,256]", "test.tile=[256,320]",
+                                      "test.mask_thr=0.5", "test.refine=none"])
+    assert summary["labelled"] == 4 and summary["fallback_box"] == 0
+    coco = _check_output(src, out)
+    masks = [coco.annToMask(a).astype(bool) for a in json.loads(out.read_text())["annotations"]]
+    # box A is in the first window, box B in the last: same masks as the windows alone
+    np.testing.assert_array_equal(masks[0][:, :320], masks[2])
+    np.testing.assert_array_equal(masks[1][:, 320:], masks[3])
+    assert masks[0].any() and masks[1].any()
+    whole = tmp_path / "whole.json"
+    pseudo_label(boxes_json=src, images_dir=images, out_json=whole, weights=tiny_weights,
+                 device="cpu", progress=False,
+                 overrides=["data.test_scale=[640,256]", "test.mask_thr=0.5",
+                            "test.refine=none"])
+    untiled = [coco.annToMask(a).astype(bool) for a in json.loads(whole.read_text())["annotations"]]
+    # without tiles the wide image is one input: its masks are not the windows' masks
+    assert not (np.array_equal(untiled[0], masks[0]) and np.array_equal(untiled[1], masks[1]))

@@ -63,6 +63,36 @@ def _core_bounds(starts: list[int], tile: int, size: int) -> list[tuple[float, f
             for k in range(len(starts))]
 
 
+def tile_windows(
+    h: int, w: int, tile: Sequence[int], overlap: float, *, size_divisor: int = 32,
+    padded: tuple[int, int] | None = None,
+) -> tuple[int, int, list[tuple[int, int, tuple[float, float], tuple[float, float]]]]:
+    """The sliding windows of :func:`predict_tiled` on a resized image of ``h x w`` pixels.
+
+    Args:
+        tile: ``(height, width)``, rounded up to ``size_divisor``.
+        overlap: in ``[0, 0.9]``.
+        padded: the padded tensor size, to which a window is cut (default ``(h, w)`` rounded
+            up to ``size_divisor``).
+
+    Returns:
+        ``(th, tw, windows)``: the window size and, per window, ``(y0, x0, ycore, xcore)``
+        with ``ycore``/``xcore`` the ``(lo, hi)`` span of the axis it answers for.
+    """
+    if len(tile) != 2 or min(int(v) for v in tile) <= 0:
+        raise ValueError(f"test.tile must be [height, width] of positive integers, got {tile!r}")
+    if not 0.0 <= overlap <= 0.9:
+        raise ValueError(f"test.tile_overlap must be in [0, 0.9], got {overlap}")
+    div = int(size_divisor)
+    th, tw = (int(-(-int(v) // div) * div) for v in tile)
+    if padded is None:
+        padded = (-(-h // div) * div, -(-w // div) * div)
+    th, tw = min(th, padded[0]), min(tw, padded[1])
+    ys, xs = tile_starts(h, th, overlap), tile_starts(w, tw, overlap)
+    ycore, xcore = _core_bounds(ys, th, h), _core_bounds(xs, tw, w)
+    return th, tw, [(y0, x0, yc, xc) for y0, yc in zip(ys, ycore) for x0, xc in zip(xs, xcore)]
+
+
 @torch.no_grad()
 def predict_tiled(
     model: torch.nn.Module, post: SOLOv2PostProcessor, batch: ImageBatch, index: int, *,
@@ -85,22 +115,15 @@ def predict_tiled(
             ``size_divisor``.
         overlap: in ``[0, 0.9]``.
     """
-    if len(tile) != 2 or min(int(v) for v in tile) <= 0:
-        raise ValueError(f"test.tile must be [height, width] of positive integers, got {tile!r}")
-    if not 0.0 <= overlap <= 0.9:
-        raise ValueError(f"test.tile_overlap must be in [0, 0.9], got {overlap}")
-    div = int(getattr(model, "size_divisor", 32))
-    th, tw = (int(-(-int(v) // div) * div) for v in tile)
     h, w = (int(v) for v in batch.image_sizes[index])
     orig = tuple(int(v) for v in batch.orig_sizes[index])
     image = batch.images[index]
-    if h <= th and w <= tw:
+    th, tw, windows = tile_windows(h, w, tile, overlap,
+                                   size_divisor=int(getattr(model, "size_divisor", 32)),
+                                   padded=tuple(image.shape[-2:]))
+    if len(windows) == 1:
         sub = ImageBatch(images=image[None], image_sizes=[(h, w)], orig_sizes=[orig])
         return predict_batch(model, post, sub, amp=amp)[0]
-    th, tw = min(th, image.shape[-2]), min(tw, image.shape[-1])
-    ys, xs = tile_starts(h, th, overlap), tile_starts(w, tw, overlap)
-    ycore, xcore = _core_bounds(ys, th, h), _core_bounds(xs, tw, w)
-    windows = [(y0, x0, yc, xc) for y0, yc in zip(ys, ycore) for x0, xc in zip(xs, xcore)]
     crops = torch.stack([image[:, y0:y0 + th, x0:x0 + tw] for y0, x0, _, _ in windows])
     sizes = [(min(th, h - y0), min(tw, w - x0)) for y0, x0, _, _ in windows]
     with amp_autocast(image.device, amp):

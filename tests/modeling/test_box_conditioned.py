@@ -39,6 +39,41 @@ def test_matrix_paste_equals_interpolate_chain():
                                rtol=0)
 
 
+def test_window_paste_places_the_window_before_the_resize():
+    # tiled inference: the window's x4 mask sits at its offset in the resized image (zero
+    # elsewhere), then the whole resized image goes to the original size
+    torch.manual_seed(0)
+    soft = torch.rand(8, 10)
+    h_win, w_win, y0, x0, H, W, H0, W0 = 30, 37, 12, 20, 70, 90, 101, 133
+    up = F.interpolate(soft[None, None], size=(32, 40), mode="bilinear", align_corners=False)
+    canvas = torch.zeros(1, 1, H, W)
+    canvas[..., y0:y0 + h_win, x0:x0 + w_win] = up[..., :h_win, :w_win]
+    ref = F.interpolate(canvas, size=(H0, W0), mode="bilinear", align_corners=False)[0, 0]
+    R = paste_matrix(8, h_win, H0, offset=y0, n_full=H)
+    C = paste_matrix(10, w_win, W0, offset=x0, n_full=W)
+    torch.testing.assert_close(R @ soft @ C.T, ref, atol=1e-5, rtol=0)
+    try:
+        paste_matrix(8, h_win, H0, offset=H - h_win + 1, n_full=H)
+    except ValueError as exc:
+        assert "outside" in str(exc)
+    else:
+        raise AssertionError("a window beyond the image must be refused")
+
+
+def test_tile_for_boxes_picks_the_window_that_holds_the_box_best():
+    # windows of 100x100 at x = 0, 75, 150 (a 250 px wide image), one row
+    windows, tile, full = [(0, 0), (0, 75), (0, 150)], (100, 100), (100, 250)
+    boxes = torch.tensor([
+        [10.0, 10.0, 40.0, 40.0],    # only the first window holds it
+        [90.0, 10.0, 110.0, 40.0],   # held by the middle window only (margins 15 / 65)
+        [160.0, 20.0, 240.0, 60.0],  # the last window (its right edge is the image border)
+        [70.0, 0.0, 180.0, 90.0],    # wider than any window: the middle one cuts it least
+        [85.0, 5.0, 95.0, 20.0],     # held by two: the first leaves 5 px, the middle 10 / 80
+    ])
+    choice = BoxConditionedInference.tile_for_boxes(boxes, windows, tile, full)
+    assert choice.tolist() == [0, 1, 2, 1, 1]
+
+
 def test_select_cells_equals_best_target_single():
     boxes = torch.tensor([[3.0, 4.0, 20.0, 15.0], [10.0, 10.0, 90.0, 60.0], [0.0, 0.0, 128.0,
                                                                              96.0],

@@ -103,10 +103,21 @@ def resize_matrix(n_in: int, n_out: int, *, device: torch.device | None = None) 
     return m
 
 
-def paste_matrix(n_quarter: int, n_img: int, n_orig: int, *, device=None) -> Tensor:
-    """``float32[n_orig, n_quarter]``: §7 step 10 along one axis (x4, crop to ``n_img``, resize)."""
+def paste_matrix(
+    n_quarter: int, n_img: int, n_orig: int, *, offset: int = 0, n_full: int | None = None,
+    device=None,
+) -> Tensor:
+    """``float32[n_orig, n_quarter]``: §7 step 10 along one axis (x4, crop to ``n_img``, resize).
+
+    With ``n_full`` the network input was a window of ``n_img`` pixels starting at ``offset``
+    of a resized image of ``n_full`` pixels (tiled inference): the window's x4 mask is placed
+    there (zero elsewhere) before the resize of ``n_full`` to ``n_orig``.
+    """
     up = resize_matrix(n_quarter, 4 * n_quarter, device=device)[:n_img]
-    return (resize_matrix(n_img, n_orig, device=device) @ up).float()
+    full = n_img if n_full is None else int(n_full)
+    if offset < 0 or offset + n_img > full:
+        raise ValueError(f"window [{offset}, {offset + n_img}) outside [0, {full})")
+    return (resize_matrix(full, n_orig, device=device)[:, offset:offset + n_img] @ up).float()
 
 
 @dataclass
@@ -206,6 +217,7 @@ class BoxConditionedInference:
         labels: Tensor,
         image_size: tuple[int, int],
         orig_size: tuple[int, int],
+        window: tuple[int, int, int, int] | None = None,
     ) -> Iterator[BoxMasks]:
         """Masks for the boxes of image ``index`` of a batch, yielded ``chunk_size`` at a time.
 
@@ -214,29 +226,38 @@ class BoxConditionedInference:
             index: the image within the batch.
             boxes: ``float[N, 4]`` xyxy in the *original* image frame, inside the image.
             labels: ``int64[N]`` model class per box, ``-1`` for a category the model lacks.
-            image_size: ``(h_img, w_img)`` resized size before padding.
+            image_size: ``(h_img, w_img)`` resized size before padding (of the window, with
+                ``window``).
             orig_size: ``(H0, W0)`` original size.
+            window: tiled inference (ours, config ``test.tile``): ``(y0, x0, H, W)``, the
+                network input ``index`` is the window at ``(y0, x0)`` of the resized image of
+                ``H x W`` pixels. Each box is mapped into the window (and clipped to it) for the
+                cell choice, and the mask is pasted back through the window's place; a box that
+                leaves the window gets no mask outside it (:meth:`tile_for_boxes` picks the
+                window that holds the box best).
         """
         mask_feat = out.mask_feat[index].float()  # [E, h, w]
         device = mask_feat.device
         _, h, w = mask_feat.shape
         padded = (4 * h, 4 * w)
         h_img, w_img = int(image_size[0]), int(image_size[1])
+        y_off, x_off, h_full, w_full = (0, 0, h_img, w_img) if window is None else (
+            int(v) for v in window)
         H0, W0 = int(orig_size[0]), int(orig_size[1])
         boxes = boxes.detach().float().cpu().reshape(-1, 4)
         labels = labels.detach().long().cpu().reshape(-1)
         n = boxes.shape[0]
         if n == 0:
             return
-        factor = torch.tensor([w_img / W0, h_img / H0, w_img / W0, h_img / H0])
-        resized = boxes * factor
+        factor = torch.tensor([w_full / W0, h_full / H0, w_full / W0, h_full / H0])
+        resized = boxes * factor - torch.tensor([x_off, y_off, x_off, y_off], dtype=torch.float32)
         resized[:, 0::2] = resized[:, 0::2].clamp(0, w_img)
         resized[:, 1::2] = resized[:, 1::2].clamp(0, h_img)
         grids = [int(k.shape[-1]) for k in out.kernels]
         level, rows, cols = self.select_cells(resized, padded_size=padded, num_grids=grids)
         regions = box_region(boxes, H0, W0)
-        R = paste_matrix(h, h_img, H0, device=device)  # [H0, h]
-        C = paste_matrix(w, w_img, W0, device=device)  # [W0, w]
+        R = paste_matrix(h, h_img, H0, offset=y_off, n_full=h_full, device=device)  # [H0, h]
+        C = paste_matrix(w, w_img, W0, offset=x_off, n_full=w_full, device=device)  # [W0, w]
         kernels = [k[index].float().flatten(1) for k in out.kernels]  # [E, S*S]
         scores = [c[index].float().sigmoid().flatten(1) for c in out.cate_logits]  # [C, S*S]
         image_q = quarter_boxes = None
@@ -278,6 +299,41 @@ class BoxConditionedInference:
                 scores=score.cpu(),
                 source=torch.tensor(source, dtype=torch.int64),
             )
+
+    @staticmethod
+    def tile_for_boxes(
+        boxes: Tensor, windows: Sequence[tuple[int, int]], tile: tuple[int, int],
+        full_size: tuple[int, int],
+    ) -> Tensor:
+        """The window each box is labelled in (tiled inference, ours).
+
+        The window whose edges leave the box the widest margin, an edge on the image border
+        counting as infinitely far: a box that fits in some window gets the one that holds it
+        most centrally, a larger box the one that cuts it least. (Detection has no box to go
+        by and keeps the window whose core holds a detection's centre, :func:`predict_tiled`.)
+
+        Args:
+            boxes: ``float[N, 4]`` xyxy in the resized image's frame.
+            windows: ``(y0, x0)`` origin of each window.
+            tile: ``(th, tw)`` window size.
+            full_size: ``(H, W)`` of the resized image.
+
+        Returns:
+            ``int64[N]`` index into ``windows``.
+        """
+        b = boxes.detach().double().cpu().reshape(-1, 1, 4)
+        org = torch.tensor([[x0, y0] for y0, x0 in windows], dtype=torch.float64)  # [K, 2]
+        th, tw = tile
+        H, W = full_size
+        lo, hi = org, org + torch.tensor([tw, th], dtype=torch.float64)
+        inf = torch.tensor(float("inf"), dtype=torch.float64)
+        margins = torch.stack([
+            torch.where(lo[:, 0] > 0, b[..., 0] - lo[:, 0], inf),
+            torch.where(lo[:, 1] > 0, b[..., 1] - lo[:, 1], inf),
+            torch.where(hi[:, 0] < W, hi[:, 0] - b[..., 2], inf),
+            torch.where(hi[:, 1] < H, hi[:, 1] - b[..., 3], inf),
+        ], dim=-1).amin(dim=-1)  # [N, K]
+        return margins.argmax(dim=1)
 
     @staticmethod
     def _score(scores: Tensor, cell: int, label: int) -> Tensor:
