@@ -36,6 +36,10 @@ VARIANTS = {
     # per-object L_ts gate (loss.ts_object_thresh, ours): an object enters L_ts only while
     # its own projection loss is below 0.5
     "meanfield_objgate": ["loss.mode=box", "crf.mode=meanfield", "loss.ts_object_thresh=0.5"],
+    # the per-object gate + loss_outside (loss.outside_weight, ours): the share of each mask
+    # outside its box is penalised (detections of og seed 1 spill into touching droplets)
+    "meanfield_objgate_out": ["loss.mode=box", "crf.mode=meanfield", "loss.ts_object_thresh=0.5",
+                              "loss.outside_weight=1.0"],
     "pairwise": ["loss.mode=box", "crf.mode=none", "loss.pairwise=true"],
     # the CRF teachers with the hole-filling prior on their targets (ours, crf.fill_holes)
     "meanfield_fill": ["loss.mode=box", "crf.mode=meanfield", "crf.fill_holes=true"],

@@ -23,7 +23,10 @@ from pathlib import Path
 from common import OUT, markdown_table, shared_data
 
 SETTINGS: dict[str, list[str]] = {
-    "none": [],
+    "none": ["test.refine=none"],  # explicit: runs of the CPU recipe refine by default
+    "none_t5": ["test.refine=none", "test.mask_thr=0.5"],
+    "k3_t5": ["test.refine=meanfield", "test.refine_kernel_size=3", "test.mask_thr=0.5"],
+    "k3_t6": ["test.refine=meanfield", "test.refine_kernel_size=3", "test.mask_thr=0.6"],
     "faithful": ["test.refine=faithful"],
     "k3": ["test.refine=meanfield", "test.refine_kernel_size=3"],
     "k3_m2": ["test.refine=meanfield", "test.refine_kernel_size=3", "test.refine_margin=2"],

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from discobox.modeling.crf import crf_pseudo_labels
-from discobox.modeling.criterion import SOLOv2Criterion
+from discobox.modeling.criterion import SOLOv2Criterion, outside_share
 from discobox.modeling.losses import dice_loss, focal_loss, projection_loss
 from discobox.modeling.outputs import HeadOutput
 from discobox.modeling.targets import assign_targets
@@ -125,6 +125,37 @@ def test_per_object_ts_gate():
     _backward_ok(nobody, out2)
     with pytest.raises(ValueError, match="ts_object_thresh"):
         _criterion(ts_object_thresh=0.0)
+
+
+def test_outside_share_by_hand():
+    # a 3x3 box at rows/cols 2..4 of an 8x8 map; dilated by one pixel: rows/cols 1..5
+    box = torch.zeros(1, 8, 8)
+    box[0, 2:5, 2:5] = 1
+    probs = torch.zeros(1, 8, 8)
+    probs[0, 3, 3] = 0.8  # inside
+    probs[0, 1, 5] = 0.4  # in the dilation ring: not outside
+    probs[0, 7, 0] = 0.6  # outside
+    assert float(outside_share(probs, box)[0]) == pytest.approx(0.6 / 1.8, rel=1e-5)
+    # a share: scaling the mask does not change it, so shrinking is not rewarded
+    assert float(outside_share(0.5 * probs, box)[0]) == pytest.approx(0.6 / 1.8, rel=1e-5)
+
+
+def test_outside_loss_pulls_spill_back_and_is_off_by_default():
+    out = _fake_out(seed=1)
+    targets = _targets()
+    assert "loss_outside" not in _criterion()(out, targets)
+    probs, tgts, _ = _manual_positives(out, targets)
+    losses = _criterion(outside_weight=2.0)(out, targets)
+    torch.testing.assert_close(losses["loss_outside"], 2.0 * outside_share(probs, tgts).mean())
+    _backward_ok(losses, out)
+    # its gradient lowers the mask outside the box and raises it inside
+    logits = torch.zeros(1, 8, 8, requires_grad=True)
+    box = torch.zeros(1, 8, 8)
+    box[0, 2:5, 2:5] = 1
+    outside_share(torch.sigmoid(logits), box).sum().backward()
+    assert float(logits.grad[0, 7, 7]) > 0 and float(logits.grad[0, 3, 3]) < 0
+    with pytest.raises(ValueError, match="outside_weight"):
+        _criterion(outside_weight=-1.0)
 
 
 @pytest.mark.parametrize("ts_region", ["box", "image"])

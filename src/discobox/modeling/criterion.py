@@ -79,6 +79,15 @@ class _Positives:
         )
 
 
+def outside_share(probs: Tensor, box_masks: Tensor, eps: float = 1e-6) -> Tensor:
+    """``float[N]``: the share of each mask's mass outside its box dilated by one pixel (the
+    ``D_i`` of §4.4), ``sum_{p not in D_i} S_i(p) / (sum_p S_i(p) + eps)``; ours."""
+    dilated = F.max_pool2d(box_masks[:, None].float(), 3, stride=1, padding=1)[:, 0]
+    total = probs.flatten(1).sum(dim=1)
+    outside = (probs * (1 - dilated)).flatten(1).sum(dim=1)
+    return outside / (total + eps)
+
+
 class SOLOv2Criterion(nn.Module):
     """Losses of box-supervised DiscoBox (``mode="box"``) or fully supervised SOLOv2 (``"full"``).
 
@@ -100,6 +109,13 @@ class SOLOv2Criterion(nn.Module):
             and is pulled back by the projection loss alone, instead of the CRF target built
             from that mask pulling it further. The fraction that entered is
             :attr:`ts_object_fraction` after each call.
+        outside_weight: ours, 0 (off) by default: weight of ``loss_outside``, box mode. For each
+            positive, the share of its mask's mass outside its box dilated by one pixel,
+            ``sum_{p not in D_i} S_i(p) / sum_p S_i(p)``, averaged over positives. Box labels
+            say that no part of the object lies outside its box, but only the projection loss
+            sees those pixels, through a max-projection dice in which a few columns of spill
+            cost little (droplets: masks spilling into touching droplets, BENCHMARKS.md). A
+            share, not a sum, so it does not reward shrinking the mask.
         mask_weight: full mode dice weight, 3.0 as SOLOv2's ``ins_loss_weight``.
         pairwise_weight: weight of the optional BoxInst pairwise term.
         use_pairwise: add ``loss_pairwise`` (box mode).
@@ -137,6 +153,7 @@ class SOLOv2Criterion(nn.Module):
         ts_weight: float = 1.0,
         ts_region: str = "box",
         ts_object_thresh: float | None = None,
+        outside_weight: float = 0.0,
         mask_weight: float = 3.0,
         pairwise_weight: float = 1.0,
         use_pairwise: bool = False,
@@ -171,6 +188,9 @@ class SOLOv2Criterion(nn.Module):
             raise ValueError(f"ts_object_thresh must be > 0 or None, got {ts_object_thresh}")
         self.ts_object_thresh = ts_object_thresh
         self.ts_object_fraction: float | None = None  # last batch's share of objects in L_ts
+        if outside_weight < 0:
+            raise ValueError(f"outside_weight must be >= 0, got {outside_weight}")
+        self.outside_weight = outside_weight
         self.mask_weight = mask_weight
         self.pairwise_weight = pairwise_weight
         self.use_pairwise = use_pairwise
@@ -231,6 +251,9 @@ class SOLOv2Criterion(nn.Module):
                 losses["loss_corr"] = loss_corr + zero
             losses["loss_ts"] = self._ts_loss(out, pos, probs, ts_active, zero,
                                               proj_terms=proj_terms.detach())
+            if self.outside_weight > 0:
+                losses["loss_outside"] = self.outside_weight * self._mean(
+                    outside_share(probs, pos.targets), zero)
             if self.use_pairwise:
                 losses["loss_pairwise"] = self.pairwise_weight * (
                     self._pairwise_loss(out, pos, image_sizes) + zero
