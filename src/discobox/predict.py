@@ -93,6 +93,15 @@ def tile_windows(
     return th, tw, [(y0, x0, yc, xc) for y0, yc in zip(ys, ycore) for x0, xc in zip(xs, xcore)]
 
 
+def window_crops(
+    image: torch.Tensor, origins: Sequence[tuple[int, int]], th: int, tw: int, h: int, w: int,
+) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+    """The ``th x tw`` windows at ``(y0, x0)`` ``origins`` of a padded ``[3, H, W]`` image whose
+    unpadded size is ``h x w``, stacked, and each window's unpadded size."""
+    crops = torch.stack([image[:, y0:y0 + th, x0:x0 + tw] for y0, x0 in origins])
+    return crops, [(min(th, h - y0), min(tw, w - x0)) for y0, x0 in origins]
+
+
 @torch.no_grad()
 def predict_tiled(
     model: torch.nn.Module, post: SOLOv2PostProcessor, batch: ImageBatch, index: int, *,
@@ -124,8 +133,7 @@ def predict_tiled(
     if len(windows) == 1:
         sub = ImageBatch(images=image[None], image_sizes=[(h, w)], orig_sizes=[orig])
         return predict_batch(model, post, sub, amp=amp)[0]
-    crops = torch.stack([image[:, y0:y0 + th, x0:x0 + tw] for y0, x0, _, _ in windows])
-    sizes = [(min(th, h - y0), min(tw, w - x0)) for y0, x0, _, _ in windows]
+    crops, sizes = window_crops(image, [(y0, x0) for y0, x0, _, _ in windows], th, tw, h, w)
     with amp_autocast(image.device, amp):
         out = model(crops, sizes)
     per_window = post(out, image_sizes=sizes, orig_sizes=sizes)

@@ -210,7 +210,7 @@ class _ModelLabeller:
         ``data.train_crop``): each box is labelled in the window that holds it best
         (:meth:`BoxConditionedInference.tile_for_boxes`); only those windows run, a few at a
         time."""
-        from .predict import tile_windows
+        from .predict import tile_windows, window_crops
 
         h, w_img = (int(v) for v in batch.image_sizes[b])
         H0, W0 = (int(v) for v in batch.orig_sizes[b])
@@ -222,16 +222,15 @@ class _ModelLabeller:
         resized = boxes * torch.tensor([w_img / W0, h / H0, w_img / W0, h / H0])
         choice = BoxConditionedInference.tile_for_boxes(
             resized, [(y0, x0) for y0, x0, _, _ in windows], (th, tw), (h, w_img))
+        choice = choice.numpy()
         used = sorted(set(choice.tolist()))
         for start in range(0, len(used), self.windows_per_forward):
             group = used[start:start + self.windows_per_forward]
-            crops = torch.stack([image[:, windows[k][0]:windows[k][0] + th,
-                                       windows[k][1]:windows[k][1] + tw] for k in group])
-            sizes = [(min(th, h - windows[k][0]), min(tw, w_img - windows[k][1])) for k in group]
+            crops, sizes = window_crops(image, [windows[k][:2] for k in group], th, tw, h, w_img)
             with amp_autocast(self.device, self.amp):
                 out = self.model(crops, sizes)
             for g, k in enumerate(group):
-                sel = np.nonzero(choice.numpy() == k)[0]
+                sel = np.nonzero(choice == k)[0]
                 yield from self._results(
                     w, sel,
                     self.infer(out, g, boxes=boxes[sel], labels=torch.from_numpy(w.labels[sel]),

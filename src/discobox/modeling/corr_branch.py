@@ -49,7 +49,7 @@ from .correspondence import (
     solve_sinkhorn,
 )
 from .crf import CRF_MODES, CRFParams, crf_pseudo_labels
-from .losses import dice_loss
+from .losses import dice_loss, dilate_box_masks
 from .object_bank import ObjectBank
 from .outputs import HeadOutput
 from .targets import DEFAULT_NUM_GRIDS, DEFAULT_SCALE_RANGES, assign_best_targets
@@ -312,18 +312,16 @@ class CorrespondenceBranch:
         ``(T + S) / 2`` with the cross-image term and ``s' = S * dilate(M)`` (§5.7)."""
         if self.crf_mode == "none":
             return s_in.new_zeros(0)
-        h, w = box_masks.shape[-2:]
         with torch.no_grad():
             init = (t_in + s_in.detach()) / 2
-            images = F.interpolate(out.images.detach().float(), size=(h, w), mode="bilinear",
-                                   align_corners=True)
+            images = out.quarter_images()
             pseudo = torch.zeros_like(init)
             for b in img_index.unique().tolist():
                 sel = img_index == b
                 pseudo[sel] = crf_pseudo_labels(init[sel], box_masks[sel], images[b],
                                                 mode=self.crf_mode, params=self.crf_params,
                                                 cross_term=cross[sel])
-            dilated = F.max_pool2d(box_masks[:, None], 3, stride=1, padding=1)[:, 0]
+            dilated = dilate_box_masks(box_masks)
         sp = s_in * dilated
         shat = self.grad_scale * sp + (1.0 - self.grad_scale) * sp.detach()
         return dice_loss(shat, pseudo)

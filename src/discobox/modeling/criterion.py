@@ -25,6 +25,7 @@ from .crf import CRF_MODES, CRFParams, crf_pseudo_labels
 from .losses import (
     color_similarity,
     dice_loss,
+    dilate_box_masks,
     focal_loss,
     mask_dice_loss,
     pairwise_color_loss,
@@ -82,7 +83,7 @@ class _Positives:
 def outside_share(probs: Tensor, box_masks: Tensor, eps: float = 1e-6) -> Tensor:
     """``float[N]``: the share of each mask's mass outside its box dilated by one pixel (the
     ``D_i`` of §4.4), ``sum_{p not in D_i} S_i(p) / (sum_p S_i(p) + eps)``; ours."""
-    dilated = F.max_pool2d(box_masks[:, None].float(), 3, stride=1, padding=1)[:, 0]
+    dilated = dilate_box_masks(box_masks)
     total = probs.flatten(1).sum(dim=1)
     outside = (probs * (1 - dilated)).flatten(1).sum(dim=1)
     return outside / (total + eps)
@@ -345,8 +346,7 @@ class SOLOv2Criterion(nn.Module):
                 )
         student = probs
         if self.ts_region == "box":
-            dilated = F.max_pool2d(pos.targets[:, None], 3, stride=1, padding=1)[:, 0]
-            student = probs * dilated
+            student = probs * dilate_box_masks(pos.targets)
         loss = dice_loss(student, pseudo).sum() / num_objects
         corr_terms = self._correspondence_ts_terms(out, pos, probs)
         if corr_terms is not None and corr_terms.numel():

@@ -212,3 +212,9 @@ def pairwise_color_loss(
         loss = -torch.logaddexp(same_fg, same_bg)[:, 0]  # [N, k*k-1, h, w]
         weights = (similarity.float() >= tau).float() * box_masks.float()[:, None]
         return (loss * weights).sum() / weights.sum().clamp(min=1.0)
+
+
+def dilate_box_masks(box_masks: Tensor) -> Tensor:
+    """``float[N, h, w]``: box masks dilated by one pixel (3x3 max), the ``D_i`` that
+    ``L_ts`` multiplies the student by (METHOD.md §4.4, also §5.7)."""
+    return F.max_pool2d(box_masks[:, None].float(), 3, stride=1, padding=1)[:, 0]
