@@ -40,6 +40,11 @@ VARIANTS = {
     # outside its box is penalised (detections of og seed 1 spill into touching droplets)
     "meanfield_objgate_out": ["loss.mode=box", "crf.mode=meanfield", "loss.ts_object_thresh=0.5",
                               "loss.outside_weight=1.0"],
+    # + the L_ts term guard (loss.ts_term_max, ours): an object's L_ts term counts only while
+    # under 0.5, so a CRF target that has left its student is dropped, not followed
+    "meanfield_objgate_out_guard": ["loss.mode=box", "crf.mode=meanfield",
+                                    "loss.ts_object_thresh=0.5", "loss.outside_weight=1.0",
+                                    "loss.ts_term_max=0.5"],
     "pairwise": ["loss.mode=box", "crf.mode=none", "loss.pairwise=true"],
     # the CRF teachers with the hole-filling prior on their targets (ours, crf.fill_holes)
     "meanfield_fill": ["loss.mode=box", "crf.mode=meanfield", "crf.fill_holes=true"],

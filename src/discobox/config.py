@@ -95,6 +95,9 @@ class LossConfig:
     # ours, off by default: object i enters L_ts only while its projection loss is below this
     # (a per-object L_ts gate; criterion.py)
     ts_object_thresh: float | None = None
+    # ours, off by default: object i's own L_ts term counts only while below this (0..1), i.e.
+    # while the CRF target still agrees with the student's mask (criterion.py)
+    ts_term_max: float | None = None
     # ours, off (0) by default: weight of loss_outside, the share of each positive's mask mass
     # outside its box dilated by one pixel (criterion.py)
     outside_weight: float = 0.0

@@ -127,6 +127,30 @@ def test_per_object_ts_gate():
         _criterion(ts_object_thresh=0.0)
 
 
+def test_ts_term_guard_drops_objects_whose_crf_target_left_them():
+    """loss.ts_term_max: an object's L_ts term counts only while under the threshold (summed
+    over all objects); the share kept is reported."""
+    out = _fake_out(seed=1)
+    targets = _targets()
+    probs, tgts, imgs = _manual_positives(out, targets)
+    pseudo, dilated = _manual_ts_targets(out, probs, tgts, imgs)
+    terms = dice_loss(probs * dilated, pseudo).detach()
+    thr = float(terms.median()) + 1e-4
+    kept = terms < thr
+    assert 0 < int(kept.sum()) < len(terms)  # the threshold splits this batch
+    crit = _criterion(ts_term_max=thr)
+    losses = crit(out, targets, ts_active=True)
+    torch.testing.assert_close(losses["loss_ts"], terms[kept].sum() / len(terms))
+    assert crit.ts_object_fraction == pytest.approx(float(kept.float().mean()))
+    _backward_ok(losses, out)
+    # a threshold of 1 keeps everything (dice terms are < 1): the official L_ts
+    everything = _criterion(ts_term_max=1.0)(_fake_out(seed=1), targets, ts_active=True)
+    torch.testing.assert_close(everything["loss_ts"], terms.mean())
+    for bad in (0.0, 1.5):
+        with pytest.raises(ValueError, match="ts_term_max"):
+            _criterion(ts_term_max=bad)
+
+
 def test_outside_share_by_hand():
     # a 3x3 box at rows/cols 2..4 of an 8x8 map; dilated by one pixel: rows/cols 1..5
     box = torch.zeros(1, 8, 8)

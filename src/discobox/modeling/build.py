@@ -129,6 +129,7 @@ def build_criterion(cfg: Config) -> SOLOv2Criterion:
         ts_weight=lo.ts_weight,
         ts_region=lo.ts_region,
         ts_object_thresh=lo.ts_object_thresh,
+        ts_term_max=lo.ts_term_max,
         outside_weight=lo.outside_weight,
         mask_weight=lo.mask_weight,
         pairwise_weight=lo.pairwise_weight,

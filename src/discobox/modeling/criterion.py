@@ -110,6 +110,14 @@ class SOLOv2Criterion(nn.Module):
             and is pulled back by the projection loss alone, instead of the CRF target built
             from that mask pulling it further. The fraction that entered is
             :attr:`ts_object_fraction` after each call.
+        ts_term_max: ours, off (``None``) by default: a guard on the other side of ``L_ts``.
+            Object ``i``'s own term ``dice(S_i * D_i, Y_i)`` (0..1) counts only while it is
+            below this value, i.e. while the CRF target still agrees with the student's mask;
+            the kept terms are summed over all objects. A CRF target that has left its
+            student (an uncertain mask whose mean-field marginals fall to background, so the
+            term pushes the mask down further) is dropped instead of followed. Decided on
+            the detached terms. With either per-object option on,
+            :attr:`ts_object_fraction` is the share of objects whose term counted.
         outside_weight: ours, 0 (off) by default: weight of ``loss_outside``, box mode. For each
             positive, the share of its mask's mass outside its box dilated by one pixel,
             ``sum_{p not in D_i} S_i(p) / sum_p S_i(p)``, averaged over positives. Box labels
@@ -154,6 +162,7 @@ class SOLOv2Criterion(nn.Module):
         ts_weight: float = 1.0,
         ts_region: str = "box",
         ts_object_thresh: float | None = None,
+        ts_term_max: float | None = None,
         outside_weight: float = 0.0,
         mask_weight: float = 3.0,
         pairwise_weight: float = 1.0,
@@ -188,6 +197,9 @@ class SOLOv2Criterion(nn.Module):
         if ts_object_thresh is not None and ts_object_thresh <= 0:
             raise ValueError(f"ts_object_thresh must be > 0 or None, got {ts_object_thresh}")
         self.ts_object_thresh = ts_object_thresh
+        if ts_term_max is not None and not 0 < ts_term_max <= 1:
+            raise ValueError(f"ts_term_max must be in (0, 1] or None, got {ts_term_max}")
+        self.ts_term_max = ts_term_max
         self.ts_object_fraction: float | None = None  # last batch's share of objects in L_ts
         if outside_weight < 0:
             raise ValueError(f"outside_weight must be >= 0, got {outside_weight}")
@@ -347,7 +359,12 @@ class SOLOv2Criterion(nn.Module):
         student = probs
         if self.ts_region == "box":
             student = probs * dilate_box_masks(pos.targets)
-        loss = dice_loss(student, pseudo).sum() / num_objects
+        terms = dice_loss(student, pseudo)
+        if self.ts_term_max is not None:
+            kept = terms.detach() < self.ts_term_max
+            self.ts_object_fraction = float(kept.sum()) / num_objects
+            terms = terms * kept
+        loss = terms.sum() / num_objects
         corr_terms = self._correspondence_ts_terms(out, pos, probs)
         if corr_terms is not None and corr_terms.numel():
             loss = loss + corr_terms.mean()
