@@ -98,23 +98,34 @@ def _manual_ts_targets(out, probs, tgts, imgs):
     return pseudo, F.max_pool2d(tgts[:, None], 3, 1, 1)[:, 0]
 
 
-def test_per_object_ts_gate():
-    """loss.ts_object_thresh: only objects whose own projection loss is under the threshold
-    enter L_ts, summed over all objects; the share that entered is reported."""
+def _check_per_object_ts_filter(option: str, score) -> torch.Tensor:
+    """Set ``option`` to just above the median of ``score(probs, targets, ts_terms)`` per object:
+    the threshold splits the batch, ``loss_ts`` is the kept objects' terms summed over all
+    objects, ``ts_object_fraction`` the share kept, and the loss reaches the outputs.
+    Returns the per-object ``L_ts`` terms (detached)."""
     out = _fake_out(seed=1)
     targets = _targets()
     probs, tgts, imgs = _manual_positives(out, targets)
-    proj = projection_loss(probs, tgts).detach()
     pseudo, dilated = _manual_ts_targets(out, probs, tgts, imgs)
-    terms = dice_loss(probs * dilated, pseudo)
-    thr = float(proj.median()) + 1e-4
-    entered = proj < thr
-    assert 0 < int(entered.sum()) < len(proj)  # the threshold splits this batch
-    crit = _criterion(ts_object_thresh=thr)
+    terms = dice_loss(probs * dilated, pseudo).detach()
+    scores = score(probs, tgts, terms).detach()
+    thr = float(scores.median()) + 1e-4
+    kept = scores < thr
+    assert 0 < int(kept.sum()) < len(scores)  # the threshold splits this batch
+    crit = _criterion(**{option: thr})
     losses = crit(out, targets, ts_active=True)
-    torch.testing.assert_close(losses["loss_ts"], terms[entered].sum() / len(proj))
-    assert crit.ts_object_fraction == pytest.approx(float(entered.float().mean()))
+    torch.testing.assert_close(losses["loss_ts"], terms[kept].sum() / len(terms))
+    assert crit.ts_object_fraction == pytest.approx(float(kept.float().mean()))
     _backward_ok(losses, out)
+    return terms
+
+
+def test_per_object_ts_gate():
+    """loss.ts_object_thresh: only objects whose own projection loss is under the threshold
+    enter L_ts, summed over all objects; the share that entered is reported."""
+    targets = _targets()
+    terms = _check_per_object_ts_filter("ts_object_thresh",
+                                        lambda probs, tgts, terms: projection_loss(probs, tgts))
     # every object under the threshold: the official L_ts; none: zero, still connected
     everyone = _criterion(ts_object_thresh=10.0)(_fake_out(seed=1), targets, ts_active=True)
     torch.testing.assert_close(everyone["loss_ts"], terms.mean())
@@ -130,19 +141,8 @@ def test_per_object_ts_gate():
 def test_ts_term_guard_drops_objects_whose_crf_target_left_them():
     """loss.ts_term_max: an object's L_ts term counts only while under the threshold (summed
     over all objects); the share kept is reported."""
-    out = _fake_out(seed=1)
     targets = _targets()
-    probs, tgts, imgs = _manual_positives(out, targets)
-    pseudo, dilated = _manual_ts_targets(out, probs, tgts, imgs)
-    terms = dice_loss(probs * dilated, pseudo).detach()
-    thr = float(terms.median()) + 1e-4
-    kept = terms < thr
-    assert 0 < int(kept.sum()) < len(terms)  # the threshold splits this batch
-    crit = _criterion(ts_term_max=thr)
-    losses = crit(out, targets, ts_active=True)
-    torch.testing.assert_close(losses["loss_ts"], terms[kept].sum() / len(terms))
-    assert crit.ts_object_fraction == pytest.approx(float(kept.float().mean()))
-    _backward_ok(losses, out)
+    terms = _check_per_object_ts_filter("ts_term_max", lambda probs, tgts, terms: terms)
     # a threshold of 1 keeps everything (dice terms are < 1): the official L_ts
     everything = _criterion(ts_term_max=1.0)(_fake_out(seed=1), targets, ts_active=True)
     torch.testing.assert_close(everything["loss_ts"], terms.mean())
