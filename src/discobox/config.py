@@ -129,6 +129,9 @@ class CRFConfig:
     schedule: str = "parallel"  # or "colored": provably monotone, ~4.4x slower
     hard: bool = False  # binarise the marginals at 0.5 (targets like the faithful mode's)
     fill_holes: bool = False  # both modes, ours: target 1 on background enclosed by foreground
+    # both modes, ours: target 1 where foreground lies on both sides in the row or the column
+    # (a filled-shape prior for compact objects; modeling/crf.py fill_ortho)
+    fill_ortho: bool = False
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from discobox.modeling.crf import (
     energy,
     faithful_crf,
     fill_holes,
+    fill_ortho,
     meanfield_crf,
 )
 
@@ -226,6 +227,7 @@ def test_crf_unfold_path_equals_loop_path(mode, crop, monkeypatch):
     boxes[4] = boxes[1]  # two objects of one crop
     cross = torch.rand(n, 2, h, w, generator=g)
     cases = [(CRFParams(), None), (CRFParams(fill_holes=True), cross),
+             (CRFParams(fill_ortho=True), None),
              (CRFParams(mf_kernel_size=5, dilation=2, schedule="colored"), None)]
     loops = [crf_pseudo_labels(probs, boxes, image, mode=mode, crop=crop, params=p,
                                cross_term=c) for p, c in cases]
@@ -266,6 +268,8 @@ def test_meanfield_config_reaches_params():
     assert (p.mf_kernel_size, p.hard, p.schedule, p.prob_clamp) == (5, True, "parallel", 0.1)
     assert not p.fill_holes
     assert crf_params(load_config("discobox_r18_fpn_cpu", ["crf.fill_holes=true"])).fill_holes
+    assert not p.fill_ortho
+    assert crf_params(load_config("discobox_r18_fpn_cpu", ["crf.fill_ortho=true"])).fill_ortho
     assert p.kernel_size == 3  # the faithful window stays the official one
     with pytest.raises(ValueError, match="crf.schedule"):
         load_config("discobox_r18_fpn_cpu", {"crf.schedule": "random"})
@@ -327,3 +331,79 @@ def test_crf_fill_holes_option_fills_an_outlined_object(mode):
     whole = crf_pseudo_labels(probs, box, image, mode=mode, crop=False,
                               params=CRFParams(fill_holes=True))
     torch.testing.assert_close(filled, whole)
+
+
+def test_fill_ortho_rings_arcs_and_concave_shapes():
+    """Row/column fill by hand: a ring and a C fill, a box and an L stay, a U's cup fills."""
+    fg = torch.zeros((6, 9, 9), dtype=torch.bool)
+    fg[0, 1:8, 1:8] = True
+    fg[0, 2:7, 2:7] = False  # a closed square ring
+    fg[1] = fg[0]
+    fg[1, :, 7] = False  # ... without its right side: a C
+    fg[2, 2:5, 3:8] = True  # a box
+    fg[3, 1:8, 1] = True
+    fg[3, 7, 1:8] = True  # an L
+    fg[4, 1:8, 1] = fg[4, 1:8, 7] = True
+    fg[4, 7, 1:8] = True  # a U
+    fg[5, 0, 0] = fg[5, 8, 8] = True  # two opposite corners: nothing between them in a row
+    out = fill_ortho(fg)
+    disc = torch.zeros((9, 9), dtype=torch.bool)
+    disc[1:8, 1:8] = True
+    assert torch.equal(out[0], disc)
+    c_fill = disc.clone()
+    c_fill[:, 7] = False  # the C brackets columns 1-6 top to bottom: its inside fills
+    assert torch.equal(out[1], c_fill)
+    assert torch.equal(out[2], fg[2]) and torch.equal(out[3], fg[3])
+    assert torch.equal(out[4], disc)  # the cup is bracketed in every row
+    assert torch.equal(out[5], fg[5])
+    assert fill_ortho(torch.zeros((0, 5, 5), dtype=torch.bool)).shape == (0, 5, 5)
+    with pytest.raises(ValueError, match="fill_ortho"):
+        fill_ortho(torch.zeros((5, 5), dtype=torch.bool))
+
+
+def test_fill_ortho_contains_mask_and_holes_and_keeps_bounding_box():
+    g = torch.Generator().manual_seed(1)
+    fg = torch.rand((40, 13, 17), generator=g) < 0.15
+    fg[:, :2] = False  # empty rows and columns at the edges stay empty
+    fg[:, :, -3:] = False
+    out = fill_ortho(fg)
+    assert torch.all(out >= fg) and torch.all(out >= fill_holes(fg))
+    assert not out[:, :2].any() and not out[:, :, -3:].any()
+    for i in range(fg.shape[0]):
+        ys, xs = torch.nonzero(fg[i], as_tuple=True)
+        oy, ox = torch.nonzero(out[i], as_tuple=True)
+        assert oy.min() >= ys.min() and oy.max() <= ys.max()
+        assert ox.min() >= xs.min() and ox.max() <= xs.max()
+        for y in range(13):  # every filled pixel is bracketed in its row or its column
+            for x in range(17):
+                if out[i, y, x]:
+                    row, col = fg[i, y], fg[i, :, x]
+                    assert (row[: x + 1].any() and row[x:].any()) or \
+                        (col[: y + 1].any() and col[y:].any())
+
+
+@pytest.mark.parametrize("mode", ["faithful", "meanfield"])
+def test_crf_fill_ortho_option_fills_an_arc(mode):
+    """The droplets case with a broken outline (an arc, which fill_holes leaves open): with
+    ``fill_ortho`` the part of the inside the arc spans becomes 1, nothing leaves the box, and
+    the per-box crop equals the whole-image result."""
+    h, w = 20, 20
+    image = torch.zeros((3, h, w))
+    arc = torch.zeros((h, w), dtype=torch.bool)
+    arc[4:16, 4:16] = True
+    arc[6:14, 6:14] = False
+    arc[8:12, 14:16] = False  # a gap in the right side of the outline
+    image[:, arc] = 2.0
+    box = torch.zeros((1, h, w))
+    box[0, 4:16, 4:16] = 1
+    probs = torch.where(arc, 0.9, 0.2).unsqueeze(0)
+    plain = crf_pseudo_labels(probs, box, image, mode=mode)
+    holes = crf_pseudo_labels(probs, box, image, mode=mode, params=CRFParams(fill_holes=True))
+    ortho = crf_pseudo_labels(probs, box, image, mode=mode, params=CRFParams(fill_ortho=True))
+    assert float(plain[0, 8:12, 8:12].max()) < 0.5
+    torch.testing.assert_close(holes, plain)  # the outline is open: fill_holes does nothing
+    assert torch.all(ortho[0, 6:14, 6:14] == 1)  # bracketed by the arc in every column
+    assert torch.all(ortho >= plain) and float(ortho[0][box[0] == 0].max()) == 0
+    whole = crf_pseudo_labels(probs, box, image, mode=mode, crop=False,
+                              params=CRFParams(fill_ortho=True))
+    torch.testing.assert_close(ortho, whole)

@@ -70,7 +70,7 @@ def crf_params(cfg: Config) -> CRFParams:
                      dilation=c.mf_dilation, w_color=c.w_color, theta_color=c.theta_color,
                      w_spatial=c.w_spatial, theta_spatial=c.theta_spatial,
                      prob_clamp=c.prob_clamp, schedule=c.schedule, hard=c.hard,
-                     fill_holes=c.fill_holes)
+                     fill_holes=c.fill_holes, fill_ortho=c.fill_ortho)
 
 
 def refine_params(cfg: Config) -> CRFParams:
