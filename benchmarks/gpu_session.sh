@@ -9,7 +9,10 @@
 # (default 540) after its start, whatever is unfinished, and still packs what finished.
 #  1. speed.py on the idle GPU (AMP fp16; SOLOv2 R-50 beside Mask R-CNN R-50);
 #  2. droplets seed sweep (benchmarks/seeds.py): full and meanfield, 3 seeds, the CPU table's
-#     900-iteration recipe, 6 runs at once;
+#     900-iteration recipe, 6 runs at once (SWEEP_VARIANTS, SWEEP_SEEDS and SWEEP_PARALLEL
+#     change them, e.g. SWEEP_VARIANTS=meanfield,meanfield_ortho SWEEP_SEEDS=0,1,2,3,4,5
+#     SWEEP_PARALLEL=12 LONG_MIN=99999 for a seed study without the long schedule; the
+#     calibration of step 3 reads the meanfield runs, so keep meanfield in the list);
 #  3. the same pair on a longer schedule: as many iterations as the sweep's measured speed lets
 #     finish before the deadline (multiples of 300, 1800 at least, 4500 at most);
 #  4. meanwhile, correctness on CUDA: the CPU/CUDA pseudo-label test, torchrun (NCCL, DDP) with
@@ -21,6 +24,8 @@ left() { echo $((DEADLINE - $(date +%s))); }
 stamp() { echo "[t+$(($(date +%s) - T0))s] $*"; }
 PY=${PYTHON:-python3}
 SWEEP_ITERS=${SWEEP_ITERS:-900}; LONG_MIN=${LONG_MIN:-1800}  # smaller: a dry run on the CPU
+SWEEP_VARIANTS=${SWEEP_VARIANTS:-full,meanfield}; SWEEP_SEEDS=${SWEEP_SEEDS:-0,1,2}
+SWEEP_PARALLEL=${SWEEP_PARALLEL:-6}
 export PYTHONUNBUFFERED=1
 exec > >(tee -a "$OUTD/session.log") 2>&1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
@@ -35,8 +40,9 @@ timeout 80 $PY benchmarks/speed.py --device cuda --threads 4 --reps 5 --cases \
     infer_solov2_r50,infer_maskrcnn_r50,train_solov2_r50_box,train_maskrcnn_r50,train_solov2_r18_box
 
 stamp "2. seed sweep"
-$PY benchmarks/seeds.py --dataset droplets --variants full,meanfield --seeds 0,1,2 --iters "$SWEEP_ITERS" \
-    --scale 512 --batch 2 --tag _s512crop_gpu --parallel 6 --set "${RECIPE[@]}" \
+$PY benchmarks/seeds.py --dataset droplets --variants "$SWEEP_VARIANTS" --seeds "$SWEEP_SEEDS" \
+    --iters "$SWEEP_ITERS" --scale 512 --batch 2 --tag _s512crop_gpu --parallel "$SWEEP_PARALLEL" \
+    --set "${RECIPE[@]}" \
     > "$OUTD/seeds_900.txt" 2>&1 &
 SWEEP=$!
 
