@@ -49,7 +49,7 @@ VARIANTS = {
     # the CRF teachers with the hole-filling prior on their targets (ours, crf.fill_holes)
     "meanfield_fill": ["loss.mode=box", "crf.mode=meanfield", "crf.fill_holes=true"],
     "faithful_fill": ["loss.mode=box", "crf.mode=faithful", "crf.fill_holes=true"],
-    # meanfield with the orthogonal-fill shape prior on its targets (ours, crf.fill_ortho): an
+    # meanfield with the row/column-fill shape prior on its targets (ours, crf.fill_ortho): an
     # outline or an arc spanning the box teaches the filled object
     "meanfield_ortho": ["loss.mode=box", "crf.mode=meanfield", "crf.fill_ortho=true"],
     # meanfield with a 5x5 window and a sharper colour kernel (chosen with crf_refine.py on

@@ -336,8 +336,8 @@ def fill_ortho(fg: Tensor) -> Tensor:
     object, and an open arc becomes the part of the object it spans (a C: the half disc its
     ends bracket). A shape prior for compact objects whose inside has the background's colour
     (the droplets of BENCHMARKS.md, for which an outline already minimises the max-projection
-    loss of §4.2 and satisfies the colour kernels of §4.3); an object with a concavity open
-    in both directions' spans (a cup, a person's spread arms) gets it filled, so it is an
+    loss of §4.2 and satisfies the colour kernels of §4.3); an object with a concavity that
+    its own row or column brackets (a cup, a person's spread arms) gets it filled, so it is an
     option for such data, off by default.
 
     Stays within the mask's bounding box, hence within the object's box.
