@@ -4,6 +4,7 @@ import contextlib
 import io
 import json
 import math
+import shutil
 from pathlib import Path
 
 import cv2
@@ -251,26 +252,37 @@ def _bad_input(tiny_coco: Path, tmp_path: Path) -> tuple[Path, dict]:
 
 def test_bad_input_is_counted_and_the_rest_written(tiny_coco, tiny_weights, tmp_path):
     src, data = _bad_input(tiny_coco, tmp_path)
+    # a private copy of the images with a corrupt file: counted apart from the missing one
+    images = tmp_path / "images"
+    shutil.copytree(tiny_coco / "images", images)
+    (images / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    data["images"].append({"id": 998, "file_name": "corrupt.png", "height": 96, "width": 96})
+    data["annotations"].append({"id": 10**6, "image_id": 998, "category_id": 1,
+                                "bbox": [5, 5, 20, 20], "iscrowd": 0})
+    src.write_text(json.dumps(data).replace("NaN", '"nan"'))
     out = tmp_path / "out.json"
-    summary = pseudo_label(boxes_json=src, images_dir=tiny_coco / "images", out_json=out,
+    summary = pseudo_label(boxes_json=src, images_dir=images, out_json=out,
                            weights=tiny_weights, device="cpu", evaluate=True, chunk_size=2,
                            progress=False)
     assert summary["skipped"] == {"invalid_box": 1, "zero_area": 1, "outside_image": 1,
-                                  "missing_image": 1, "size_mismatch": 0}
+                                  "missing_image": 1, "unreadable_image": 1, "size_mismatch": 0}
     assert summary["clipped"] == 1 and summary["unknown_category"] == 1
-    assert summary["images_skipped"] == 1
-    assert summary["labelled"] == summary["boxes"] - 4
+    assert summary["images_skipped"] == 2
+    assert summary["labelled"] == summary["boxes"] - 5
     assert summary["no_gt_mask"] == 2  # the clipped box and the unknown-category box
-    assert summary["num_evaluated"] == summary["boxes"] - 6
+    assert summary["num_evaluated"] == summary["boxes"] - 7
     _check_output(src, out)
     anns = {a["id"]: a for a in json.loads(out.read_text())["annotations"]}
-    missing = anns[max(anns)]
+    corrupt = anns[max(anns)]
+    assert corrupt["area"] == 0 and corrupt["segmentation"]["size"] == [96, 96]
+    missing = anns[max(set(anns) - {max(anns)})]
     assert missing["area"] == 0 and missing["segmentation"]["size"] == [96, 96]
     # the same input through the box method: same counts, filled (clipped) boxes elsewhere
-    summary = pseudo_label(boxes_json=src, images_dir=tiny_coco / "images", out_json=out,
+    summary = pseudo_label(boxes_json=src, images_dir=images, out_json=out,
                            method="box", progress=False)
-    assert sum(summary["skipped"].values()) == 4 and summary["clipped"] == 1
-    clipped = json.loads(out.read_text())["annotations"][len(data["annotations"]) - 5]
+    assert sum(summary["skipped"].values()) == 5 and summary["clipped"] == 1
+    assert summary["skipped"]["unreadable_image"] == 1
+    clipped = json.loads(out.read_text())["annotations"][len(data["annotations"]) - 6]
     img = data["images"][0]
     assert clipped["area"] == 10 * 8 and mask_utils.area(
         {**clipped["segmentation"], "counts": clipped["segmentation"]["counts"].encode()}

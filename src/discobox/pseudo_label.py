@@ -23,7 +23,8 @@ changes (ids, image ids, category ids, bbox, other keys). Bad input never stops 
 
 - a box that is not 4 finite numbers (``invalid_box``), has ``w <= 0`` or ``h <= 0``
   (``zero_area``) or does not overlap the image (``outside_image``), and every box of an image
-  that is missing or unreadable on disk (``missing_image``, one warning naming the file) or whose
+  that is missing on disk (``missing_image``) or cannot be read or decoded (``unreadable_image``,
+  e.g. a truncated or corrupt file), each with one warning naming the file, or whose
   size differs from the json (``size_mismatch``), is *skipped*: it gets an **empty** mask (area 0,
   so a consumer can filter it) and is counted in ``summary["skipped"]``;
 - a box partly outside the image is clipped to it and labelled (counted in ``clipped``);
@@ -69,7 +70,8 @@ from .modeling.box_conditioned import box_region as _box_region
 logger = logging.getLogger("discobox")
 
 METHODS = ("model", "box", "grabcut")
-SKIP_REASONS = ("invalid_box", "zero_area", "outside_image", "missing_image", "size_mismatch")
+SKIP_REASONS = ("invalid_box", "zero_area", "outside_image", "missing_image", "unreadable_image",
+                "size_mismatch")
 
 
 @dataclass
@@ -399,7 +401,7 @@ def _prepare(img: _Image, anns: list[dict[str, Any]], skip, summary: dict) -> _W
         image = read_image(img.path)
     except ImageReadError as exc:
         logger.warning("skipping %d boxes of image id %s: %s", len(img.anns), img.image_id, exc)
-        reason = "missing_image"
+        reason = "missing_image" if not img.path.exists() else "unreadable_image"
     else:
         reason = ""
         if image.shape[:2] != (img.height, img.width):
