@@ -52,6 +52,12 @@ VARIANTS = {
     # meanfield with the row/column-fill shape prior on its targets (ours, crf.fill_ortho): an
     # outline or an arc spanning the box teaches the filled object
     "meanfield_ortho": ["loss.mode=box", "crf.mode=meanfield", "crf.fill_ortho=true"],
+    # + L_ts's weight ramped from 0 to 1 over the first 300 iterations (loss.ts_ramp_iters,
+    # ours; 300 = teacher.start_iter at --iters 900): the CRF target of a random student is
+    # not trusted at full weight
+    "meanfield_ortho_ramp": ["loss.mode=box", "crf.mode=meanfield", "crf.fill_ortho=true",
+                             "loss.ts_ramp_iters=300"],
+    "meanfield_ramp": ["loss.mode=box", "crf.mode=meanfield", "loss.ts_ramp_iters=300"],
     # meanfield with a 5x5 window and a sharper colour kernel (chosen with crf_refine.py on
     # droplets: thin outlines between same-grey regions)
     "meanfield_k5t15": ["loss.mode=box", "crf.mode=meanfield", "crf.mf_kernel_size=5",

@@ -101,6 +101,9 @@ class LossConfig:
     # ours, off (0) by default: weight of loss_outside, the share of each positive's mask mass
     # outside its box dilated by one pixel (criterion.py)
     outside_weight: float = 0.0
+    # ours, off (0) by default: L_ts's weight ramps linearly from 0 at iteration 0 to ts_weight
+    # at this iteration (a deterministic warm-up instead of the official gate; teacher.py)
+    ts_ramp_iters: int = 0
     mask_weight: float = 3.0
     pairwise: bool = False  # BoxInst pairwise colour-affinity term (option)
     pairwise_weight: float = 1.0

@@ -8,7 +8,7 @@ import pytest
 import torch
 from helpers import tiny_overrides
 
-from discobox.config import load_config
+from discobox.config import ConfigError, load_config
 from discobox.engine import trainer as trainer_mod
 from discobox.engine.checkpoint import find_last_checkpoint, load_checkpoint_file
 
@@ -162,3 +162,18 @@ def test_crop_training_without_tiled_test_warns(caplog):
         "data.train_crop=[512,1024]"]))  # the test images fit one crop
     trainer_mod._warn_crop_without_tiles(load_config("discobox_r18_fpn_cpu"))
     assert caplog.text == ""
+
+
+def test_ts_ramp_scales_l_ts_by_iteration_and_rejects_negative(tiny_coco, tmp_path):
+    """loss.ts_ramp_iters=4: L_ts is 0 at the first step (no CRF), then weighted 1/4, 2/4, 3/4."""
+    extra = {"solver.max_iter": 4, "train.eval_period": 0, "data.val_json": "null",
+             "teacher.start_iter": 100, "loss.ts_ramp_iters": 4}
+    trainer_mod.train(_cfg(tiny_coco, tmp_path / "ramp", **extra))
+    lines = (tmp_path / "ramp" / "metrics.jsonl").read_text().splitlines()
+    records = [json.loads(x) for x in lines]
+    train = [r for r in records if "train/ts_scale" in r]
+    assert [r["train/ts_scale"] for r in train] == [0.0, 0.25, 0.5, 0.75]
+    assert train[0]["train/loss_ts"] == 0.0
+    assert all(r["train/loss_ts"] > 0 for r in train[1:])
+    with pytest.raises(ConfigError, match="loss.ts_ramp_iters"):
+        trainer_mod.train(_cfg(tiny_coco, tmp_path / "bad", **{**extra, "loss.ts_ramp_iters": -1}))

@@ -151,6 +151,28 @@ def test_ts_term_guard_drops_objects_whose_crf_target_left_them():
             _criterion(ts_term_max=bad)
 
 
+def test_ts_scale_multiplies_l_ts_only_and_zero_skips_the_crf(monkeypatch):
+    """The loss.ts_ramp_iters factor scales L_ts and nothing else; at 0 no CRF is run."""
+    targets = _targets()
+    crit = _criterion(crf_mode="meanfield")
+    full = crit(_fake_out(seed=1), targets, ts_active=True)
+    half = crit(_fake_out(seed=1), targets, ts_active=True, ts_scale=0.5)
+    assert _f(full["loss_ts"]) > 0.05
+    assert _f(half["loss_ts"]) == pytest.approx(0.5 * _f(full["loss_ts"]), rel=1e-6)
+    for key in ("loss_cls", "loss_proj"):
+        assert _f(half[key]) == pytest.approx(_f(full[key]), rel=1e-6), key
+
+    def no_crf(*args, **kwargs):
+        raise AssertionError("the CRF ran although ts_scale is 0")
+
+    monkeypatch.setattr("discobox.modeling.criterion.crf_pseudo_labels", no_crf)
+    out = _fake_out(seed=1)
+    off = crit(out, targets, ts_active=True, ts_scale=0.0)
+    assert _f(off["loss_ts"]) == 0.0
+    assert _f(off["loss_proj"]) == pytest.approx(_f(full["loss_proj"]), rel=1e-6)
+    _backward_ok(off, out)
+
+
 def test_outside_share_by_hand():
     # a 3x3 box at rows/cols 2..4 of an 8x8 map; dilated by one pixel: rows/cols 1..5
     box = torch.zeros(1, 8, 8)

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from discobox.modeling.teacher import EMATeacher, LossGates
+from discobox.modeling.teacher import EMATeacher, LossGates, ts_ramp
 
 
 class _Net(nn.Module):
@@ -139,3 +139,12 @@ def test_gates_disabled_are_forced():
     assert g.ts_open and g.avg == pytest.approx(0.9 * 2.0 + 0.5)
     closed = LossGates(init=0.0, enabled=False, force_open=False)
     assert not closed.ts_open and not closed.corr_open
+
+
+def test_ts_ramp_is_linear_from_zero_and_off_at_zero_iters():
+    """loss.ts_ramp_iters: min(1, iteration / N); N = 0 is the official constant weight."""
+    assert [ts_ramp(i, 4) for i in range(7)] == [0.0, 0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+    assert ts_ramp(0, 0) == 1.0 and ts_ramp(123, 0) == 1.0
+    assert ts_ramp(150, 300) == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="ts_ramp_iters"):
+        ts_ramp(0, -1)

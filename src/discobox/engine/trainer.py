@@ -21,10 +21,10 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from ..config import Config, config_from_dict
+from ..config import Config, ConfigError, config_from_dict
 from ..data.build import build_train_dataset, build_train_loader_from_config
 from ..modeling.build import build_criterion, build_model, build_object_bank
-from ..modeling.teacher import EMATeacher, LossGates
+from ..modeling.teacher import EMATeacher, LossGates, ts_ramp
 from . import distributed as du
 from .checkpoint import (
     atomic_write_text,
@@ -160,6 +160,8 @@ def train(cfg: Config, *, resume: bool = False) -> dict[str, Any]:
     if box_mode and cfg.teacher.enabled and cfg.crf.mode != "none":
         teacher = EMATeacher(student=model, momentum=cfg.teacher.momentum,
                              start_iter=cfg.teacher.start_iter, warmup=cfg.teacher.warmup)
+    if cfg.loss.ts_ramp_iters < 0:
+        raise ConfigError(f"loss.ts_ramp_iters must be >= 0, got {cfg.loss.ts_ramp_iters}")
     g = cfg.gates
     gates = LossGates(init=g.init, momentum=g.momentum, ts_thresh=g.ts_thresh,
                       corr_thresh=g.corr_thresh, enabled=g.enabled)
@@ -231,9 +233,11 @@ def train(cfg: Config, *, resume: bool = False) -> dict[str, Any]:
             if teacher is not None and teacher.active:
                 with torch.no_grad():
                     teacher_out = teacher.model(batch.images, batch.image_sizes)
+        ts_scale = ts_ramp(it, cfg.loss.ts_ramp_iters)
         losses = criterion(out, batch.targets, teacher_out=teacher_out,
                            ts_active=box_mode and gates.ts_open, image_sizes=batch.image_sizes,
-                           bank=bank, corr_active=box_mode and gates.corr_open)
+                           bank=bank, corr_active=box_mode and gates.corr_open,
+                           ts_scale=ts_scale)
         total = sum(losses.values())
         values = {k: float(v.detach()) for k, v in losses.items()}
         if not math.isfinite(float(total.detach())):
@@ -270,6 +274,8 @@ def train(cfg: Config, *, resume: bool = False) -> dict[str, Any]:
                       "sec_per_iter": (now - t_last) / cfg.train.log_period,
                       "gate_avg": gates.avg, "teacher_on": float(teacher is not None
                                                                  and teacher.active)}
+            if cfg.loss.ts_ramp_iters > 0:
+                record["ts_scale"] = ts_scale
             if criterion.ts_object_fraction is not None:
                 record["ts_object_fraction"] = criterion.ts_object_fraction
             t_last = now

@@ -132,7 +132,9 @@ class SOLOv2Criterion(nn.Module):
         crf_mode: ``"faithful"``, ``"meanfield"`` or ``"none"`` (no ``L_ts``).
         crf_params: :class:`CRFParams` (official values by default).
 
-    Call: ``criterion(out, targets, teacher_out=None, ts_active=False, image_sizes=None)``.
+    Call: ``criterion(out, targets, teacher_out=None, ts_active=False, image_sizes=None,
+    ts_scale=1.0)``; ``ts_scale`` multiplies ``L_ts`` (the ``loss.ts_ramp_iters`` ramp,
+    :func:`~discobox.modeling.teacher.ts_ramp`; at 0 the CRF is not run).
 
     - ``out``: student :class:`HeadOutput` (``mask_feat`` must be ``(H/4, W/4)`` of
       ``out.images``).
@@ -225,6 +227,7 @@ class SOLOv2Criterion(nn.Module):
         image_sizes: Sequence[tuple[int, int]] | None = None,
         bank: ObjectBank | None = None,
         corr_active: bool = False,
+        ts_scale: float = 1.0,
     ) -> dict[str, Tensor]:
         if len(out.cate_logits) != len(self.num_grids):
             raise ValueError(f"{len(out.cate_logits)} levels, expected {len(self.num_grids)}")
@@ -262,8 +265,8 @@ class SOLOv2Criterion(nn.Module):
                     )
                 loss_corr = self.corr_result.loss_corr if self.corr_result is not None else 0.0
                 losses["loss_corr"] = loss_corr + zero
-            losses["loss_ts"] = self._ts_loss(out, pos, probs, ts_active, zero,
-                                              proj_terms=proj_terms.detach())
+            losses["loss_ts"] = self._ts_loss(out, pos, probs, ts_active and ts_scale > 0, zero,
+                                              proj_terms=proj_terms.detach(), scale=ts_scale)
             if self.outside_weight > 0:
                 losses["loss_outside"] = self.outside_weight * self._mean(
                     outside_share(probs, pos.targets), zero)
@@ -326,7 +329,7 @@ class SOLOv2Criterion(nn.Module):
 
     def _ts_loss(
         self, out: HeadOutput, pos: _Positives, probs: Tensor, active: bool, zero: Tensor,
-        *, proj_terms: Tensor | None = None,
+        *, proj_terms: Tensor | None = None, scale: float = 1.0,
     ) -> Tensor:
         """``L_ts = mean_i dice(S_i * D_i, Y_i) (+ mean of correspondence terms)`` (§4.4)."""
         self.ts_object_fraction = None
@@ -368,7 +371,7 @@ class SOLOv2Criterion(nn.Module):
         corr_terms = self._correspondence_ts_terms(out, pos, probs)
         if corr_terms is not None and corr_terms.numel():
             loss = loss + corr_terms.mean()
-        return self.ts_weight * loss + zero
+        return scale * self.ts_weight * loss + zero
 
     def _correspondence_ts_terms(
         self, out: HeadOutput, pos: _Positives, probs: Tensor

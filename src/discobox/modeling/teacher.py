@@ -188,3 +188,22 @@ class LossGates:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.avg = float(state["avg"])
+
+
+def ts_ramp(iteration: int, ramp_iters: int) -> float:
+    """``L_ts`` weight factor at 0-based ``iteration``: ``min(1, iteration / ramp_iters)``.
+
+    Ours (``loss.ts_ramp_iters``, off when 0), a deterministic stand-in for the official gate
+    (§4.0) on short schedules from random initialisation: before the EMA teacher starts the
+    structured teacher is the student itself (§4.5), and the CRF target of a random student
+    can be empty inside its box from the first step (BENCHMARKS.md, droplets seed 3:
+    ``L_ts`` 0.82-0.97 from iteration 10 on). The ramp lets the projection loss (§4.2) shape
+    the masks first and hands weight to ``L_ts`` gradually, the ramp-up of the consistency
+    weight in self-ensembling (Tarvainen & Valpola, 2017). It depends on the iteration only,
+    so it is identical on every rank and after a resume.
+    """
+    if ramp_iters < 0:
+        raise ValueError(f"ts_ramp_iters must be >= 0, got {ramp_iters}")
+    if ramp_iters == 0:
+        return 1.0
+    return min(1.0, max(0, iteration) / ramp_iters)
