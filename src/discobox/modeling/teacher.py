@@ -195,7 +195,7 @@ def ts_ramp(iteration: int, ramp_iters: int) -> float:
 
     Ours (``loss.ts_ramp_iters``, off when 0), a deterministic stand-in for the official gate
     (§4.0) on short schedules from random initialisation: before the EMA teacher starts the
-    structured teacher is the student itself (§4.5), and the CRF target of a random student
+    structured teacher is the student itself (§4.5), and the CRF target of a random student can
     be far from it from the first step (BENCHMARKS.md, droplets seed 3: ``L_ts`` 0.76-0.97 at
     each of its first 12 logged steps). The ramp lets the projection loss (§4.2) shape
     the masks first and hands weight to ``L_ts`` gradually, the ramp-up of the consistency
