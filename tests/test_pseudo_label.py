@@ -226,7 +226,12 @@ def test_model_method_cuda_matches_cpu(tiny_coco, tiny_weights, tmp_path):
         assert a["area"] == b["area"] == 0 or mask_utils.iou([ra], [rb], [0])[0, 0] > 0.98
 
 
-def _bad_input(tiny_coco: Path, tmp_path: Path) -> tuple[Path, dict]:
+def _bad_input(tiny_coco: Path, tmp_path: Path) -> tuple[Path, dict, Path]:
+    """A boxes json with every kind of bad input, and a private copy of the images that adds a
+    corrupt file (so the missing and the unreadable image are counted apart)."""
+    images = tmp_path / "images"
+    shutil.copytree(tiny_coco / "images", images)
+    (images / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
     data = json.loads((tiny_coco / "val.json").read_text())
     img = data["images"][0]
     iid, h, w = img["id"], img["height"], img["width"]
@@ -244,22 +249,17 @@ def _bad_input(tiny_coco: Path, tmp_path: Path) -> tuple[Path, dict]:
     data["images"].append({"id": 999, "file_name": "missing.png", "height": 96, "width": 96})
     extra.append({"id": next_id + 10, "image_id": 999, "category_id": 1, "bbox": [5, 5, 20, 20],
                   "iscrowd": 0})
+    data["images"].append({"id": 998, "file_name": "corrupt.png", "height": 96, "width": 96})
+    extra.append({"id": 10**6, "image_id": 998, "category_id": 1, "bbox": [5, 5, 20, 20],
+                  "iscrowd": 0})
     data["annotations"].extend(extra)
     src = tmp_path / "bad.json"
     src.write_text(json.dumps(data).replace("NaN", '"nan"'))  # strict json; float() parses it
-    return src, data
+    return src, data, images
 
 
 def test_bad_input_is_counted_and_the_rest_written(tiny_coco, tiny_weights, tmp_path):
-    src, data = _bad_input(tiny_coco, tmp_path)
-    # a private copy of the images with a corrupt file: counted apart from the missing one
-    images = tmp_path / "images"
-    shutil.copytree(tiny_coco / "images", images)
-    (images / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
-    data["images"].append({"id": 998, "file_name": "corrupt.png", "height": 96, "width": 96})
-    data["annotations"].append({"id": 10**6, "image_id": 998, "category_id": 1,
-                                "bbox": [5, 5, 20, 20], "iscrowd": 0})
-    src.write_text(json.dumps(data).replace("NaN", '"nan"'))
+    src, data, images = _bad_input(tiny_coco, tmp_path)
     out = tmp_path / "out.json"
     summary = pseudo_label(boxes_json=src, images_dir=images, out_json=out,
                            weights=tiny_weights, device="cpu", evaluate=True, chunk_size=2,

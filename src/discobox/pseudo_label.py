@@ -59,7 +59,7 @@ import torch
 from tqdm import tqdm
 
 from .box_baselines import check_grabcut_context, grabcut_mask
-from .data.coco import ImageReadError, _load_json, read_image
+from .data.coco import ImageNotFoundError, ImageReadError, _load_json, read_image
 from .engine.box_mask_eval import evaluate_box_masks
 from .engine.checkpoint import atomic_write_text
 from .engine.distributed import amp_autocast
@@ -401,7 +401,7 @@ def _prepare(img: _Image, anns: list[dict[str, Any]], skip, summary: dict) -> _W
         image = read_image(img.path)
     except ImageReadError as exc:
         logger.warning("skipping %d boxes of image id %s: %s", len(img.anns), img.image_id, exc)
-        reason = "missing_image" if not img.path.exists() else "unreadable_image"
+        reason = "missing_image" if isinstance(exc, ImageNotFoundError) else "unreadable_image"
     else:
         reason = ""
         if image.shape[:2] != (img.height, img.width):

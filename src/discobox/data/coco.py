@@ -45,17 +45,22 @@ class ImageReadError(OSError):
     """An image file is missing, unreadable or cannot be decoded."""
 
 
+class ImageNotFoundError(ImageReadError):
+    """The image file does not exist (a subclass, so callers may count it apart)."""
+
+
 def read_image(path: str | Path) -> np.ndarray:
     """Read an image file as ``uint8[H, W, 3]`` RGB (cv2 ``IMREAD_COLOR``, as mmcv ``imread``).
 
     Raises:
-        ImageReadError: the file is missing, unreadable or not a decodable image; names the path.
+        ImageReadError: the file is missing (:class:`ImageNotFoundError`), unreadable or not a
+            decodable image; names the path.
     """
     path = Path(path)
     try:
         data = np.fromfile(str(path), dtype=np.uint8)
     except FileNotFoundError:
-        raise ImageReadError(f"image file not found: {path}") from None
+        raise ImageNotFoundError(f"image file not found: {path}") from None
     except OSError as exc:
         raise ImageReadError(f"cannot read image file {path}: {exc}") from exc
     image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
