@@ -58,6 +58,9 @@ VARIANTS = {
     "meanfield_ortho_ramp": ["loss.mode=box", "crf.mode=meanfield", "crf.fill_ortho=true",
                              "loss.ts_ramp_iters=300"],
     "meanfield_ramp": ["loss.mode=box", "crf.mode=meanfield", "loss.ts_ramp_iters=300"],
+    # + a dice on the filled box masks whose weight falls from 1 to 0 over the first 300
+    # iterations (loss.box_warmup_iters, ours): a dense target while the detector starts
+    "meanfield_boxwarm": ["loss.mode=box", "crf.mode=meanfield", "loss.box_warmup_iters=300"],
     # meanfield with a 5x5 window and a sharper colour kernel (chosen with crf_refine.py on
     # droplets: thin outlines between same-grey regions)
     "meanfield_k5t15": ["loss.mode=box", "crf.mode=meanfield", "crf.mf_kernel_size=5",

@@ -104,6 +104,11 @@ class LossConfig:
     # ours, off (0) by default: L_ts's weight ramps linearly from 0 at iteration 0 to ts_weight
     # at this iteration (a deterministic warm-up instead of the official gate; teacher.py)
     ts_ramp_iters: int = 0
+    # ours, off (0) by default: a dice loss on the filled box masks themselves (the "Simple Does
+    # It" target), weight box_warmup_weight at iteration 0 falling linearly to 0 at this
+    # iteration, so the detector and the mask branch start from a dense target (criterion.py)
+    box_warmup_iters: int = 0
+    box_warmup_weight: float = 1.0
     mask_weight: float = 3.0
     pairwise: bool = False  # BoxInst pairwise colour-affinity term (option)
     pairwise_weight: float = 1.0

@@ -177,3 +177,18 @@ def test_ts_ramp_scales_l_ts_by_iteration_and_rejects_negative(tiny_coco, tmp_pa
     assert all(r["train/loss_ts"] > 0 for r in train[1:])
     with pytest.raises(ConfigError, match="loss.ts_ramp_iters"):
         trainer_mod.train(_cfg(tiny_coco, tmp_path / "bad", **{**extra, "loss.ts_ramp_iters": -1}))
+
+
+def test_box_warmup_falls_to_zero_by_iteration_and_rejects_negative(tiny_coco, tmp_path):
+    """loss.box_warmup_iters=2: loss_boxwarm weighted 1, 1/2, then 0 for the rest of the run."""
+    extra = {"solver.max_iter": 4, "train.eval_period": 0, "data.val_json": "null",
+             "teacher.start_iter": 100, "loss.box_warmup_iters": 2}
+    trainer_mod.train(_cfg(tiny_coco, tmp_path / "warm", **extra))
+    lines = (tmp_path / "warm" / "metrics.jsonl").read_text().splitlines()
+    train = [r for r in map(json.loads, lines) if "train/box_scale" in r]
+    assert [r["train/box_scale"] for r in train] == [1.0, 0.5, 0.0, 0.0]
+    assert all(r["train/loss_boxwarm"] > 0 for r in train[:2])
+    assert [r["train/loss_boxwarm"] for r in train[2:]] == [0.0, 0.0]
+    for key, bad in (("loss.box_warmup_iters", -1), ("loss.box_warmup_weight", -0.5)):
+        with pytest.raises(ConfigError, match=key):
+            trainer_mod.train(_cfg(tiny_coco, tmp_path / "bad", **{**extra, key: bad}))

@@ -173,6 +173,47 @@ def test_ts_scale_multiplies_l_ts_only_and_zero_skips_the_crf(monkeypatch):
     _backward_ok(off, out)
 
 
+def test_box_warmup_is_the_dice_to_the_filled_boxes_scaled(monkeypatch):
+    """loss_boxwarm = weight * box_scale * mean_i dice(sigmoid(logits_i), box mask_i), on the
+    same positives and box targets as the projection loss; the other losses do not move."""
+    import discobox.modeling.criterion as crit_mod
+
+    seen = {}
+    real_proj = crit_mod.projection_loss
+
+    def spy_proj(probs, targets):
+        seen["probs"], seen["targets"] = probs.detach().clone(), targets.clone()
+        return real_proj(probs, targets)
+
+    monkeypatch.setattr(crit_mod, "projection_loss", spy_proj)
+    targets = _targets()
+    plain = _criterion(crf_mode="none")(_fake_out(seed=2), targets)
+    assert "loss_boxwarm" not in plain  # weight 0: off, no key
+    crit = _criterion(crf_mode="none", box_warmup_weight=2.0)
+    out = _fake_out(seed=2)
+    warm = crit(out, targets, box_scale=0.75)
+    assert seen["targets"].amax() == 1 and seen["targets"].shape[0] >= 3
+    expected = 2.0 * 0.75 * float(dice_loss(seen["probs"], seen["targets"]).mean())
+    assert _f(warm["loss_boxwarm"]) == pytest.approx(expected, rel=1e-5)
+    assert _f(warm["loss_boxwarm"]) > 0.1
+    for key in ("loss_cls", "loss_proj"):
+        assert _f(warm[key]) == pytest.approx(_f(plain[key]), rel=1e-6), key
+    _backward_ok(warm, out)
+    # a mask equal to its box scores ~0: the loss pulls the masks towards the filled boxes
+    assert float(dice_loss(seen["targets"], seen["targets"]).max()) < 1e-3
+
+    def no_dice(*args, **kwargs):
+        raise AssertionError("the box dice ran although box_scale is 0")
+
+    monkeypatch.setattr(crit_mod, "mask_dice_loss", no_dice)
+    out = _fake_out(seed=2)
+    off = crit(out, targets, box_scale=0.0)
+    assert _f(off["loss_boxwarm"]) == 0.0
+    _backward_ok(off, out)
+    with pytest.raises(ValueError, match="box_warmup_weight"):
+        _criterion(box_warmup_weight=-1.0)
+
+
 def test_outside_share_by_hand():
     # a 3x3 box at rows/cols 2..4 of an 8x8 map; dilated by one pixel: rows/cols 1..5
     box = torch.zeros(1, 8, 8)

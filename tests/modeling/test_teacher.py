@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from discobox.modeling.teacher import EMATeacher, LossGates, ts_ramp
+from discobox.modeling.teacher import EMATeacher, LossGates, box_warmup, ts_ramp
 
 
 class _Net(nn.Module):
@@ -148,3 +148,12 @@ def test_ts_ramp_is_linear_from_zero_and_off_at_zero_iters():
     assert ts_ramp(150, 300) == pytest.approx(0.5)
     with pytest.raises(ValueError, match="ts_ramp_iters"):
         ts_ramp(0, -1)
+
+
+def test_box_warmup_falls_linearly_to_zero_and_is_off_at_zero_iters():
+    """loss.box_warmup_iters: max(0, 1 - iteration / N); N = 0 turns loss_boxwarm off."""
+    assert [box_warmup(i, 4) for i in range(7)] == [1.0, 0.75, 0.5, 0.25, 0.0, 0.0, 0.0]
+    assert box_warmup(0, 0) == 0.0 and box_warmup(123, 0) == 0.0
+    assert box_warmup(150, 300) == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="box_warmup_iters"):
+        box_warmup(0, -1)

@@ -24,7 +24,7 @@ from tqdm import tqdm
 from ..config import Config, ConfigError, config_from_dict
 from ..data.build import build_train_dataset, build_train_loader_from_config
 from ..modeling.build import build_criterion, build_model, build_object_bank
-from ..modeling.teacher import EMATeacher, LossGates, ts_ramp
+from ..modeling.teacher import EMATeacher, LossGates, box_warmup, ts_ramp
 from . import distributed as du
 from .checkpoint import (
     atomic_write_text,
@@ -139,6 +139,14 @@ def train(cfg: Config, *, resume: bool = False) -> dict[str, Any]:
     _warn_random_init_frozen(cfg)
     _warn_crop_without_tiles(cfg)
     model = build_model(cfg).to(device)
+    if cfg.loss.ts_ramp_iters < 0:
+        raise ConfigError(f"loss.ts_ramp_iters must be >= 0, got {cfg.loss.ts_ramp_iters}")
+    if cfg.loss.box_warmup_iters < 0:
+        raise ConfigError(
+            f"loss.box_warmup_iters must be >= 0, got {cfg.loss.box_warmup_iters}")
+    if cfg.loss.box_warmup_weight < 0:
+        raise ConfigError(
+            f"loss.box_warmup_weight must be >= 0, got {cfg.loss.box_warmup_weight}")
     criterion = build_criterion(cfg)
     bank = build_object_bank(cfg)  # lives outside the model, updated below (§5.2)
     if bank is not None:
@@ -160,8 +168,6 @@ def train(cfg: Config, *, resume: bool = False) -> dict[str, Any]:
     if box_mode and cfg.teacher.enabled and cfg.crf.mode != "none":
         teacher = EMATeacher(student=model, momentum=cfg.teacher.momentum,
                              start_iter=cfg.teacher.start_iter, warmup=cfg.teacher.warmup)
-    if cfg.loss.ts_ramp_iters < 0:
-        raise ConfigError(f"loss.ts_ramp_iters must be >= 0, got {cfg.loss.ts_ramp_iters}")
     g = cfg.gates
     gates = LossGates(init=g.init, momentum=g.momentum, ts_thresh=g.ts_thresh,
                       corr_thresh=g.corr_thresh, enabled=g.enabled)
@@ -234,10 +240,11 @@ def train(cfg: Config, *, resume: bool = False) -> dict[str, Any]:
                 with torch.no_grad():
                     teacher_out = teacher.model(batch.images, batch.image_sizes)
         ts_scale = ts_ramp(it, cfg.loss.ts_ramp_iters)
+        box_scale = box_warmup(it, cfg.loss.box_warmup_iters)
         losses = criterion(out, batch.targets, teacher_out=teacher_out,
                            ts_active=box_mode and gates.ts_open, image_sizes=batch.image_sizes,
                            bank=bank, corr_active=box_mode and gates.corr_open,
-                           ts_scale=ts_scale)
+                           ts_scale=ts_scale, box_scale=box_scale)
         total = sum(losses.values())
         values = {k: float(v.detach()) for k, v in losses.items()}
         if not math.isfinite(float(total.detach())):
@@ -276,6 +283,8 @@ def train(cfg: Config, *, resume: bool = False) -> dict[str, Any]:
                                                                  and teacher.active)}
             if cfg.loss.ts_ramp_iters > 0:
                 record["ts_scale"] = ts_scale
+            if cfg.loss.box_warmup_iters > 0:
+                record["box_scale"] = box_scale
             if criterion.ts_object_fraction is not None:
                 record["ts_object_fraction"] = criterion.ts_object_fraction
             t_last = now

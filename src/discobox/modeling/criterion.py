@@ -125,6 +125,11 @@ class SOLOv2Criterion(nn.Module):
             sees those pixels, through a max-projection dice in which a few columns of spill
             cost little (droplets: masks spilling into touching droplets, BENCHMARKS.md). A
             share, not a sum, so it does not reward shrinking the mask.
+        box_warmup_weight: ours, 0 (off) by default: weight of ``loss_boxwarm``, box mode, the
+            dice between each positive's mask and its filled box mask (§3.2), times the
+            ``box_scale`` of the call (:func:`~discobox.modeling.teacher.box_warmup`: falls
+            from 1 to 0 over ``loss.box_warmup_iters``). The key is present whenever the
+            weight is > 0, a zero once the scale is 0.
         mask_weight: full mode dice weight, 3.0 as SOLOv2's ``ins_loss_weight``.
         pairwise_weight: weight of the optional BoxInst pairwise term.
         use_pairwise: add ``loss_pairwise`` (box mode).
@@ -133,7 +138,8 @@ class SOLOv2Criterion(nn.Module):
         crf_params: :class:`CRFParams` (official values by default).
 
     Call: ``criterion(out, targets, teacher_out=None, ts_active=False, image_sizes=None,
-    ts_scale=1.0)``; ``ts_scale`` multiplies ``L_ts`` (the ``loss.ts_ramp_iters`` ramp,
+    ts_scale=1.0, box_scale=0.0)``; ``box_scale`` multiplies ``loss_boxwarm``; ``ts_scale``
+    multiplies ``L_ts`` (the ``loss.ts_ramp_iters`` ramp,
     :func:`~discobox.modeling.teacher.ts_ramp`; at 0 the CRF is not run).
 
     - ``out``: student :class:`HeadOutput` (``mask_feat`` must be ``(H/4, W/4)`` of
@@ -166,6 +172,7 @@ class SOLOv2Criterion(nn.Module):
         ts_object_thresh: float | None = None,
         ts_term_max: float | None = None,
         outside_weight: float = 0.0,
+        box_warmup_weight: float = 0.0,
         mask_weight: float = 3.0,
         pairwise_weight: float = 1.0,
         use_pairwise: bool = False,
@@ -206,6 +213,9 @@ class SOLOv2Criterion(nn.Module):
         if outside_weight < 0:
             raise ValueError(f"outside_weight must be >= 0, got {outside_weight}")
         self.outside_weight = outside_weight
+        if box_warmup_weight < 0:
+            raise ValueError(f"box_warmup_weight must be >= 0, got {box_warmup_weight}")
+        self.box_warmup_weight = box_warmup_weight
         self.mask_weight = mask_weight
         self.pairwise_weight = pairwise_weight
         self.use_pairwise = use_pairwise
@@ -228,6 +238,7 @@ class SOLOv2Criterion(nn.Module):
         bank: ObjectBank | None = None,
         corr_active: bool = False,
         ts_scale: float = 1.0,
+        box_scale: float = 0.0,
     ) -> dict[str, Tensor]:
         if len(out.cate_logits) != len(self.num_grids):
             raise ValueError(f"{len(out.cate_logits)} levels, expected {len(self.num_grids)}")
@@ -256,6 +267,11 @@ class SOLOv2Criterion(nn.Module):
             probs = torch.sigmoid(pos.logits)
             proj_terms = projection_loss(probs, pos.targets)
             losses["loss_proj"] = self.proj_weight * self._mean(proj_terms, zero)
+            if self.box_warmup_weight > 0:
+                boxwarm = zero
+                if box_scale > 0:
+                    boxwarm = self._mean(mask_dice_loss(pos.logits, pos.targets), zero)
+                losses["loss_boxwarm"] = self.box_warmup_weight * box_scale * boxwarm
             # Correspondence branch (§5): runs before L_ts, whose extra terms it supplies.
             self.corr_result = None
             if self.corr_branch is not None:

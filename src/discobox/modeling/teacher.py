@@ -208,3 +208,23 @@ def ts_ramp(iteration: int, ramp_iters: int) -> float:
     if ramp_iters == 0:
         return 1.0
     return min(1.0, max(0, iteration) / ramp_iters)
+
+
+def box_warmup(iteration: int, warmup_iters: int) -> float:
+    """``loss_boxwarm`` weight factor at 0-based ``iteration``: ``max(0, 1 - iteration / N)``.
+
+    Ours (``loss.box_warmup_iters`` = N, off when 0). In the first N iterations of box
+    supervision the student is also pulled towards the filled box masks of §3.2, a dense
+    target like the fully supervised dice (§3.3) and the "filled box" baseline of Khoreva et
+    al. (Simple Does It, 2017). Fully supervised runs never failed early on droplets, while box
+    runs did (a projection loss rising to ~1 within 200 iterations, BENCHMARKS.md): the
+    projection loss (§4.2) reaches only the largest pixel of each row and column. The weight
+    falls linearly to 0 so the box shape does not stay the target; after N iterations only the
+    projection loss and ``L_ts`` (§4.3-4.4) shape the masks. It depends on the iteration only,
+    so it is identical on every rank and after a resume.
+    """
+    if warmup_iters < 0:
+        raise ValueError(f"box_warmup_iters must be >= 0, got {warmup_iters}")
+    if warmup_iters == 0:
+        return 0.0
+    return max(0.0, 1.0 - max(0, iteration) / warmup_iters)
