@@ -86,6 +86,8 @@ def schedule(iters: int, scale: int, batch: int) -> list[str]:
         f"solver.steps=[{int(iters * 0.8)},{int(iters * 0.93)}]",
         f"solver.warmup_iters={max(1, iters // 6)}",
         f"teacher.start_iter={iters // 3}",
+        # variants say what they add: the recipe's box warm-up is the meanfield_boxwarm variant
+        "loss.box_warmup_iters=0",
         f"data.train_scales=[[{2 * scale},{scale}]]",
         f"data.test_scale=[{2 * scale},{scale}]",
         f"data.batch_size={batch}",

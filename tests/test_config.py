@@ -32,6 +32,18 @@ def test_seed_recipes_load_in_box_mode(name):
     assert name in available_recipes()
     cfg = load_config(name)
     assert cfg.loss.mode == "box"
+    assert cfg.loss.box_warmup_iters == 0  # the paper's recipes: official losses only
+
+
+def test_cpu_recipe_and_demo_warm_up_on_the_filled_boxes_until_the_teacher_starts(tmp_path):
+    """Random init (CPU recipe, demo): loss_boxwarm runs out when the EMA teacher starts."""
+    from discobox.demo import demo_config
+
+    cpu = load_config("discobox_r18_fpn_cpu")
+    assert cpu.loss.box_warmup_iters == cpu.teacher.start_iter == 1000
+    demo = demo_config(tmp_path, tmp_path / "out", iterations=423, seed=0, full=False,
+                       class_names=("a", "b"))
+    assert demo.loss.box_warmup_iters == demo.teacher.start_iter == 141
 
 
 def test_recipe_specifics():

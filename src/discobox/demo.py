@@ -52,6 +52,7 @@ def demo_config(data_root: Path, out_dir: Path, *, iterations: int, seed: int, f
         "solver.steps": [int(iterations * 0.8), int(iterations * 0.93)],
         "solver.warmup_iters": max(1, min(100, iterations // 8)),
         "teacher.start_iter": iterations // 3,
+        "loss.box_warmup_iters": max(1, iterations // 3),
         "gates.enabled": False,
         "train.output_dir": str(out_dir),
         "train.seed": seed,

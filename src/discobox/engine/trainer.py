@@ -240,7 +240,7 @@ def train(cfg: Config, *, resume: bool = False) -> dict[str, Any]:
                 with torch.no_grad():
                     teacher_out = teacher.model(batch.images, batch.image_sizes)
         ts_scale = ts_ramp(it, cfg.loss.ts_ramp_iters)
-        box_scale = box_warmup(it, cfg.loss.box_warmup_iters)
+        box_scale = box_warmup(it, cfg.loss.box_warmup_iters) if box_mode else 0.0
         losses = criterion(out, batch.targets, teacher_out=teacher_out,
                            ts_active=box_mode and gates.ts_open, image_sizes=batch.image_sizes,
                            bank=bank, corr_active=box_mode and gates.corr_open,
@@ -283,7 +283,7 @@ def train(cfg: Config, *, resume: bool = False) -> dict[str, Any]:
                                                                  and teacher.active)}
             if cfg.loss.ts_ramp_iters > 0:
                 record["ts_scale"] = ts_scale
-            if cfg.loss.box_warmup_iters > 0:
+            if box_mode and cfg.loss.box_warmup_iters > 0:
                 record["box_scale"] = box_scale
             if criterion.ts_object_fraction is not None:
                 record["ts_object_fraction"] = criterion.ts_object_fraction
