@@ -221,7 +221,9 @@ def box_warmup(iteration: int, warmup_iters: int) -> float:
     projection loss (§4.2) reaches only the largest pixel of each row and column. The weight
     falls linearly to 0 so the box shape does not stay the target; after N iterations only the
     projection loss and ``L_ts`` (§4.3-4.4) shape the masks. It depends on the iteration only,
-    so it is identical on every rank and after a resume.
+    so it is identical on every rank and after a resume. Measured on droplets (N = 300 of 900
+    iterations, six seeds): mean mask AP 49.5, seeds 0-3 64.4 against 33.1 without, one seed
+    collapsed; on in the CPU recipe (BENCHMARKS.md).
     """
     if warmup_iters < 0:
         raise ValueError(f"box_warmup_iters must be >= 0, got {warmup_iters}")
