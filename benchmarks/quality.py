@@ -61,6 +61,10 @@ VARIANTS = {
     # + a dice on the filled box masks whose weight falls from 1 to 0 over the first 300
     # iterations (loss.box_warmup_iters, ours): a dense target while the detector starts
     "meanfield_boxwarm": ["loss.mode=box", "crf.mode=meanfield", "loss.box_warmup_iters=300"],
+    # + the per-object L_ts gate (loss.ts_object_thresh=0.5): an object whose mask has left
+    # its box projections leaves L_ts (the collapse to fragments of boxwarm seed 4)
+    "meanfield_boxwarm_objgate": ["loss.mode=box", "crf.mode=meanfield",
+                                  "loss.box_warmup_iters=300", "loss.ts_object_thresh=0.5"],
     # meanfield with a 5x5 window and a sharper colour kernel (chosen with crf_refine.py on
     # droplets: thin outlines between same-grey regions)
     "meanfield_k5t15": ["loss.mode=box", "crf.mode=meanfield", "crf.mf_kernel_size=5",
