@@ -104,9 +104,10 @@ class LossConfig:
     # ours, off (0) by default: L_ts's weight ramps linearly from 0 at iteration 0 to ts_weight
     # at this iteration (a deterministic warm-up instead of the official gate; teacher.py)
     ts_ramp_iters: int = 0
-    # ours, off (0) by default: a dice loss on the filled box masks themselves (the "Simple Does
-    # It" target), weight box_warmup_weight at iteration 0 falling linearly to 0 at this
-    # iteration, so the detector and the mask branch start from a dense target (criterion.py)
+    # ours, off (0) here and in the paper recipes, on in the CPU recipe (random init): a dice
+    # loss on the filled box masks themselves (the "Simple Does It" target), weight
+    # box_warmup_weight at iteration 0 falling linearly to 0 at this iteration, so the
+    # detector and the mask branch start from a dense target (teacher.py box_warmup)
     box_warmup_iters: int = 0
     box_warmup_weight: float = 1.0
     mask_weight: float = 3.0
