@@ -139,14 +139,9 @@ def train(cfg: Config, *, resume: bool = False) -> dict[str, Any]:
     _warn_random_init_frozen(cfg)
     _warn_crop_without_tiles(cfg)
     model = build_model(cfg).to(device)
-    if cfg.loss.ts_ramp_iters < 0:
-        raise ConfigError(f"loss.ts_ramp_iters must be >= 0, got {cfg.loss.ts_ramp_iters}")
-    if cfg.loss.box_warmup_iters < 0:
-        raise ConfigError(
-            f"loss.box_warmup_iters must be >= 0, got {cfg.loss.box_warmup_iters}")
-    if cfg.loss.box_warmup_weight < 0:
-        raise ConfigError(
-            f"loss.box_warmup_weight must be >= 0, got {cfg.loss.box_warmup_weight}")
+    for key in ("ts_ramp_iters", "box_warmup_iters", "box_warmup_weight"):
+        if getattr(cfg.loss, key) < 0:
+            raise ConfigError(f"loss.{key} must be >= 0, got {getattr(cfg.loss, key)}")
     criterion = build_criterion(cfg)
     bank = build_object_bank(cfg)  # lives outside the model, updated below (§5.2)
     if bank is not None:
@@ -240,7 +235,7 @@ def train(cfg: Config, *, resume: bool = False) -> dict[str, Any]:
                 with torch.no_grad():
                     teacher_out = teacher.model(batch.images, batch.image_sizes)
         ts_scale = ts_ramp(it, cfg.loss.ts_ramp_iters)
-        box_scale = box_warmup(it, cfg.loss.box_warmup_iters) if box_mode else 0.0
+        box_scale = box_warmup(it, cfg.loss.box_warmup_iters)
         losses = criterion(out, batch.targets, teacher_out=teacher_out,
                            ts_active=box_mode and gates.ts_open, image_sizes=batch.image_sizes,
                            bank=bank, corr_active=box_mode and gates.corr_open,

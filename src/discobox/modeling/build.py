@@ -131,8 +131,7 @@ def build_criterion(cfg: Config) -> SOLOv2Criterion:
         ts_object_thresh=lo.ts_object_thresh,
         ts_term_max=lo.ts_term_max,
         outside_weight=lo.outside_weight,
-        box_warmup_weight=(lo.box_warmup_weight
-                           if lo.mode == "box" and lo.box_warmup_iters > 0 else 0.0),
+        box_warmup_weight=lo.box_warmup_weight if lo.box_warmup_iters > 0 else 0.0,
         mask_weight=lo.mask_weight,
         pairwise_weight=lo.pairwise_weight,
         use_pairwise=lo.pairwise,
