@@ -202,6 +202,11 @@ def test_box_warmup_is_the_dice_to_the_filled_boxes_scaled(monkeypatch):
     # a mask equal to its box scores ~0: the loss pulls the masks towards the filled boxes
     assert float(dice_loss(seen["targets"], seen["targets"]).max()) < 1e-3
 
+    # full mode has real masks and ignores the warm-up
+    full = _criterion(mode="full", crf_mode="none", box_warmup_weight=2.0)
+    assert set(full(_fake_out(seed=2), _targets(with_masks=True), box_scale=1.0)) == {
+        "loss_cls", "loss_mask"}
+
     def no_dice(*args, **kwargs):
         raise AssertionError("the box dice ran although box_scale is 0")
 
@@ -212,10 +217,6 @@ def test_box_warmup_is_the_dice_to_the_filled_boxes_scaled(monkeypatch):
     _backward_ok(off, out)
     with pytest.raises(ValueError, match="box_warmup_weight"):
         _criterion(box_warmup_weight=-1.0)
-    # full mode has real masks and ignores the warm-up
-    full = _criterion(mode="full", crf_mode="none", box_warmup_weight=2.0)
-    assert set(full(_fake_out(seed=2), _targets(with_masks=True), box_scale=1.0)) == {
-        "loss_cls", "loss_mask"}
 
 
 def test_outside_share_by_hand():
