@@ -65,6 +65,10 @@ VARIANTS = {
     # its box projections leaves L_ts (the collapse to fragments of boxwarm seed 4)
     "meanfield_boxwarm_objgate": ["loss.mode=box", "crf.mode=meanfield",
                                   "loss.box_warmup_iters=300", "loss.ts_object_thresh=0.5"],
+    # the other rows of the main table at the same warm-up (and gate, for the teacher)
+    "proj_boxwarm": ["loss.mode=box", "crf.mode=none", "loss.box_warmup_iters=300"],
+    "faithful_boxwarm_objgate": ["loss.mode=box", "crf.mode=faithful",
+                                 "loss.box_warmup_iters=300", "loss.ts_object_thresh=0.5"],
     # meanfield with a 5x5 window and a sharper colour kernel (chosen with crf_refine.py on
     # droplets: thin outlines between same-grey regions)
     "meanfield_k5t15": ["loss.mode=box", "crf.mode=meanfield", "crf.mf_kernel_size=5",
@@ -90,8 +94,10 @@ def schedule(iters: int, scale: int, batch: int) -> list[str]:
         f"solver.steps=[{int(iters * 0.8)},{int(iters * 0.93)}]",
         f"solver.warmup_iters={max(1, iters // 6)}",
         f"teacher.start_iter={iters // 3}",
-        # variants say what they add: the recipe's box warm-up is the meanfield_boxwarm variant
+        # variants say what they add: the recipe's box warm-up and per-object L_ts gate are the
+        # meanfield_boxwarm_objgate variant
         "loss.box_warmup_iters=0",
+        "loss.ts_object_thresh=null",
         f"data.train_scales=[[{2 * scale},{scale}]]",
         f"data.test_scale=[{2 * scale},{scale}]",
         f"data.batch_size={batch}",

@@ -33,6 +33,7 @@ def test_seed_recipes_load_in_box_mode(name):
     cfg = load_config(name)
     assert cfg.loss.mode == "box"
     assert cfg.loss.box_warmup_iters == 0  # the paper's recipes: official losses only
+    assert cfg.loss.ts_object_thresh is None
 
 
 def test_cpu_recipe_and_demo_warm_up_on_the_filled_boxes_until_the_teacher_starts(tmp_path):
@@ -44,6 +45,8 @@ def test_cpu_recipe_and_demo_warm_up_on_the_filled_boxes_until_the_teacher_start
     demo = demo_config(tmp_path, tmp_path / "out", iterations=423, seed=0, full=False,
                        class_names=("a", "b"))
     assert demo.loss.box_warmup_iters == demo.teacher.start_iter == 141
+    # and gate L_ts per object
+    assert cpu.loss.ts_object_thresh == demo.loss.ts_object_thresh == 0.5
 
 
 def test_recipe_specifics():
