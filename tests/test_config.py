@@ -37,7 +37,8 @@ def test_seed_recipes_load_in_box_mode(name):
 
 
 def test_cpu_recipe_and_demo_warm_up_on_the_filled_boxes_until_the_teacher_starts(tmp_path):
-    """Random init (CPU recipe, demo): loss_boxwarm runs out when the EMA teacher starts."""
+    """Random init (CPU recipe, demo): loss_boxwarm runs out when the EMA teacher starts, and
+    L_ts is gated per object."""
     from discobox.demo import demo_config
 
     cpu = load_config("discobox_r18_fpn_cpu")

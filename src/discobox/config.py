@@ -92,8 +92,8 @@ class LossConfig:
     # "box" (official): L_ts compares the student masked by its dilated box with the teacher;
     # "image" (ours): the student's whole mask, so mass outside the box is pulled to 0 too
     ts_region: str = "box"
-    # ours, off by default: object i enters L_ts only while its projection loss is below this
-    # (a per-object L_ts gate; criterion.py)
+    # ours, off (None) here and in the paper recipes, 0.5 in the CPU recipe: object i enters
+    # L_ts only while its projection loss is below this (a per-object L_ts gate; criterion.py)
     ts_object_thresh: float | None = None
     # ours, off by default: object i's own L_ts term counts only while below this (0..1), i.e.
     # while the CRF target still agrees with the student's mask (criterion.py)
