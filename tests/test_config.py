@@ -89,6 +89,20 @@ def test_bad_overrides_name_the_key(override, expected):
         load_config(None, [override])
 
 
+def test_exponent_notation_numbers(tmp_path):
+    """5e-4 (no dot: a string to YAML 1.1) is a number in overrides and in a config file."""
+    cfg = load_config(None, ["solver.lr=5e-4", "loss.ts_object_thresh=1E-6",
+                             "solver.max_iter=2e3"])
+    assert cfg.solver.lr == 5e-4 and cfg.loss.ts_object_thresh == 1e-6
+    assert cfg.solver.max_iter == 2000 and isinstance(cfg.solver.max_iter, int)
+    p = tmp_path / "exp.yaml"
+    p.write_text("solver:\n  lr: 2.5e-3\n  weight_decay: 1e-4\n")
+    assert load_config(p).solver.weight_decay == 1e-4
+    for bad in ("solver.max_iter=2.5e0", "solver.lr=1e-4x"):
+        with pytest.raises(ConfigError, match=bad.split("=")[0]):
+            load_config(None, [bad])
+
+
 def test_bad_yaml_file_names_the_file(tmp_path):
     p = tmp_path / "bad.yaml"
     p.write_text("solver:\n  lr_typo: 1\n")

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -261,6 +262,9 @@ class Config:
         return apply_overrides(self, dotted)
 
 
+# a number in exponent notation: YAML 1.1 (PyYAML) keeps 5e-4 or 1e6 as a string
+_EXP_FLOAT = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+")
+
 _ENUMS: dict[str, tuple[str, ...]] = {
     "loss.mode": ("box", "full"),
     "loss.ts_region": ("box", "image"),
@@ -325,9 +329,16 @@ def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
             return value
         if isinstance(value, float) and value.is_integer():
             return int(value)
+        if isinstance(value, str) and _EXP_FLOAT.fullmatch(value.strip()):
+            number = float(value)
+            if number.is_integer():
+                return int(number)
         raise ConfigError(f"{source}: {key!r} must be an integer, got {value!r}")
     if tp is float:
         if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str) and _EXP_FLOAT.fullmatch(value.strip()):
+            # YAML 1.1 reads 5e-4 (no dot in the mantissa) as a string
             return float(value)
         raise ConfigError(f"{source}: {key!r} must be a number, got {value!r}")
     if tp is str:
