@@ -111,6 +111,9 @@ class LossConfig:
     # detector and the mask branch start from a dense target (teacher.py box_warmup)
     box_warmup_iters: int = 0
     box_warmup_weight: float = 1.0
+    # ours, off (0) by default: box mode, the gradient of the sigmoid of every mask loss never
+    # falls below this, so a mask saturated at 1 (or 0) everywhere can still move (criterion.py)
+    sigmoid_grad_floor: float = 0.0
     mask_weight: float = 3.0
     pairwise: bool = False  # BoxInst pairwise colour-affinity term (option)
     pairwise_weight: float = 1.0

@@ -345,3 +345,29 @@ def test_bad_arguments():
     with pytest.raises(ValueError):
         SOLOv2Criterion(num_classes=C, num_grids=(8, 6), scale_ranges=((1, 2),))
     assert math.isclose(_criterion().mask_weight, 3.0)
+
+
+def test_sigmoid_grad_floor_moves_saturated_masks():
+    """loss.sigmoid_grad_floor: masks at logit ~ +40 everywhere (the collapsed droplets run):
+    same loss values, but the mask losses reach the features only with the floor."""
+
+    def run(floor):
+        out = _fake_out(seed=2)
+        with torch.no_grad():
+            out.mask_feat.copy_(out.mask_feat.abs() + 5.0)
+            for k in out.kernels:
+                k.copy_(k.abs() + 1.0)  # every logit >= 40
+        crit = _criterion(box_warmup_weight=1.0, sigmoid_grad_floor=floor,
+                          ts_object_thresh=None, crf_mode="meanfield")
+        losses = crit(out, _targets(), ts_active=True, box_scale=1.0)
+        mask_losses = losses["loss_proj"] + losses["loss_ts"] + losses["loss_boxwarm"]
+        mask_losses.backward()
+        return {k: _f(v) for k, v in losses.items()}, float(out.mask_feat.grad.abs().max())
+
+    plain, plain_grad = run(0.0)
+    floored, floored_grad = run(0.01)
+    assert plain == pytest.approx(floored)
+    assert plain["loss_proj"] > 0.1  # the boxes do not cover the images: a real loss
+    assert plain_grad < 1e-10 < 1e-4 < floored_grad
+    with pytest.raises(ValueError, match="sigmoid_grad_floor"):
+        _criterion(sigmoid_grad_floor=0.25)

@@ -8,6 +8,7 @@ import torch
 from discobox.modeling.losses import (
     color_similarity,
     dice_loss,
+    floored_sigmoid,
     focal_loss,
     mask_dice_loss,
     pairwise_color_loss,
@@ -108,3 +109,34 @@ def test_pairwise_color_loss():
     # no box -> no qualifying pair -> 0, still attached
     empty = pairwise_color_loss(undecided, sim[None], torch.zeros((1, h, w)))
     assert float(empty.detach()) == 0 and empty.requires_grad
+
+
+def test_floored_sigmoid_values_and_gradient_floor():
+    """Forward is the sigmoid; the backward is max(s(1-s), floor): a logit at +30 (s = 1) still
+    gets a gradient, an unsaturated one gets exactly the sigmoid's."""
+    x = torch.tensor([30.0, -30.0, 0.0, 2.0], requires_grad=True)
+    y = floored_sigmoid(x, 0.01)
+    torch.testing.assert_close(y, torch.sigmoid(x.detach()))
+    y.sum().backward()
+    s = torch.sigmoid(x.detach())
+    torch.testing.assert_close(x.grad, torch.tensor([0.01, 0.01, 0.25, float(s[3] * (1 - s[3]))]))
+    x.grad = None
+    floored_sigmoid(x, 0.0).sum().backward()  # 0: the plain sigmoid, no gradient at +-30
+    assert float(x.grad[0]) < 1e-12 and float(x.grad[1]) < 1e-12
+
+
+def test_floored_sigmoid_revives_a_saturated_mask():
+    """A mask at logit +30 everywhere and a box covering a quarter of it: the projection loss
+    gives no gradient through the plain sigmoid and one that lowers the outside with a floor."""
+    logits = torch.full((1, 8, 8), 30.0, requires_grad=True)
+    box = torch.zeros(1, 8, 8)
+    box[:, :4, :4] = 1
+    projection_loss(torch.sigmoid(logits), box).sum().backward()
+    assert float(logits.grad.abs().max()) < 1e-10
+    logits.grad = None
+    projection_loss(floored_sigmoid(logits, 0.01), box).sum().backward()
+    g = logits.grad[0]
+    assert float(g[:4, :4].max()) <= 0  # descent keeps the box's pixels up
+    assert float(g[4:, 4:].min()) > 1e-4  # and lowers those outside both projections
+    assert mask_dice_loss(logits, box, grad_floor=0.01).item() == pytest.approx(
+        mask_dice_loss(logits, box).item())

@@ -132,6 +132,7 @@ def build_criterion(cfg: Config) -> SOLOv2Criterion:
         ts_term_max=lo.ts_term_max,
         outside_weight=lo.outside_weight,
         box_warmup_weight=lo.box_warmup_weight if lo.box_warmup_iters > 0 else 0.0,
+        sigmoid_grad_floor=lo.sigmoid_grad_floor,
         mask_weight=lo.mask_weight,
         pairwise_weight=lo.pairwise_weight,
         use_pairwise=lo.pairwise,

@@ -26,6 +26,7 @@ from .losses import (
     color_similarity,
     dice_loss,
     dilate_box_masks,
+    floored_sigmoid,
     focal_loss,
     mask_dice_loss,
     pairwise_color_loss,
@@ -130,6 +131,11 @@ class SOLOv2Criterion(nn.Module):
             ``box_scale`` of the call (:func:`~discobox.modeling.teacher.box_warmup`: falls
             from 1 to 0 over ``loss.box_warmup_iters``). The key is present whenever the
             weight is > 0, a zero once the scale is 0.
+        sigmoid_grad_floor: ours, 0 (off) by default: box mode, the mask probabilities of every
+            mask loss (projection, ``L_ts``, ``loss_boxwarm``, ``loss_outside``) come from
+            :func:`~discobox.modeling.losses.floored_sigmoid`, whose gradient never falls
+            below this, so a mask saturated at 1 (or 0) everywhere can still be moved. Loss
+            values are unchanged. In ``[0, 0.25)``.
         mask_weight: full mode dice weight, 3.0 as SOLOv2's ``ins_loss_weight``.
         pairwise_weight: weight of the optional BoxInst pairwise term.
         use_pairwise: add ``loss_pairwise`` (box mode).
@@ -173,6 +179,7 @@ class SOLOv2Criterion(nn.Module):
         ts_term_max: float | None = None,
         outside_weight: float = 0.0,
         box_warmup_weight: float = 0.0,
+        sigmoid_grad_floor: float = 0.0,
         mask_weight: float = 3.0,
         pairwise_weight: float = 1.0,
         use_pairwise: bool = False,
@@ -216,6 +223,9 @@ class SOLOv2Criterion(nn.Module):
         if box_warmup_weight < 0:
             raise ValueError(f"box_warmup_weight must be >= 0, got {box_warmup_weight}")
         self.box_warmup_weight = box_warmup_weight
+        if not 0 <= sigmoid_grad_floor < 0.25:
+            raise ValueError(f"sigmoid_grad_floor must be in [0, 0.25), got {sigmoid_grad_floor}")
+        self.sigmoid_grad_floor = sigmoid_grad_floor
         self.mask_weight = mask_weight
         self.pairwise_weight = pairwise_weight
         self.use_pairwise = use_pairwise
@@ -264,13 +274,14 @@ class SOLOv2Criterion(nn.Module):
                 return losses
             keep = pos.targets.flatten(1).amax(dim=1) > 0  # drop all-zero targets (§4.2)
             pos = pos.select(keep)
-            probs = torch.sigmoid(pos.logits)
+            probs = floored_sigmoid(pos.logits, self.sigmoid_grad_floor)
             proj_terms = projection_loss(probs, pos.targets)
             losses["loss_proj"] = self.proj_weight * self._mean(proj_terms, zero)
             if self.box_warmup_weight > 0:
                 boxwarm = zero
                 if box_scale > 0:
-                    boxwarm = self._mean(mask_dice_loss(pos.logits, pos.targets), zero)
+                    boxwarm = self._mean(mask_dice_loss(pos.logits, pos.targets,
+                                                        self.sigmoid_grad_floor), zero)
                 losses["loss_boxwarm"] = self.box_warmup_weight * box_scale * boxwarm
             # Correspondence branch (§5): runs before L_ts, whose extra terms it supplies.
             self.corr_result = None

@@ -47,6 +47,37 @@ def focal_loss(
         return loss / avg_factor
 
 
+class _FlooredSigmoid(torch.autograd.Function):
+    """``sigmoid(x)`` forward; backward ``max(s * (1 - s), floor)`` instead of ``s * (1 - s)``."""
+
+    @staticmethod
+    def forward(ctx, logits: Tensor, floor: float) -> Tensor:  # type: ignore[override]
+        out = torch.sigmoid(logits)
+        ctx.save_for_backward(out)
+        ctx.floor = floor
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+        (out,) = ctx.saved_tensors
+        return grad * (out * (1 - out)).clamp_min(ctx.floor), None
+
+
+def floored_sigmoid(logits: Tensor, floor: float = 0.0) -> Tensor:
+    """``sigmoid(logits)``, whose gradient never falls below ``floor`` (ours; 0: plain sigmoid).
+
+    A mask whose logits have run to +-30 (every pixel 1 or 0) gets ``sigmoid' ~ 1e-13``, so no
+    loss on its probabilities can move it again: the dead all-foreground masks of a collapsed
+    box-supervised run (BENCHMARKS.md, droplets seed 4). With a floor, the loss still reaches
+    such a pixel. The values, and the gradient of every pixel with ``s * (1 - s) >= floor``,
+    are unchanged. A saturated pixel on the right side gets a small push further the same way
+    (zero once the whole dice agrees with its target).
+    """
+    if floor <= 0:
+        return torch.sigmoid(logits)
+    return _FlooredSigmoid.apply(logits, float(floor))
+
+
 def dice_loss(pred: Tensor, target: Tensor, eps: float = 0.001) -> Tensor:
     """Squared-denominator dice per instance (METHOD.md §4.2, H:698-706).
 
@@ -89,7 +120,7 @@ def projection_loss(probs: Tensor, box_masks: Tensor) -> Tensor:
         return loss_y + loss_x
 
 
-def mask_dice_loss(logits: Tensor, masks: Tensor) -> Tensor:
+def mask_dice_loss(logits: Tensor, masks: Tensor, grad_floor: float = 0.0) -> Tensor:
     """Fully supervised SOLOv2 mask loss per instance: ``dice(sigmoid(logits), masks)``.
 
     Targets are the ¼-res real masks of METHOD.md §3.3 (``use_masks=True``); the dice is the
@@ -99,12 +130,13 @@ def mask_dice_loss(logits: Tensor, masks: Tensor) -> Tensor:
     Args:
         logits: ``float[N, h, w]`` mask logits.
         masks: ``float[N, h, w]`` targets.
+        grad_floor: see :func:`floored_sigmoid` (0: the plain sigmoid).
 
     Returns:
         ``float32[N]``.
     """
     with _no_autocast(logits):
-        return dice_loss(torch.sigmoid(logits.float()), masks)
+        return dice_loss(floored_sigmoid(logits.float(), grad_floor), masks)
 
 
 # --- BoxInst pairwise colour-affinity term (option, not in DiscoBox) ---------------------------
