@@ -69,6 +69,10 @@ VARIANTS = {
     # kept 50-80% of the objects in L_ts and cost the good seeds AP75)
     "meanfield_boxwarm_objgate08": ["loss.mode=box", "crf.mode=meanfield",
                                     "loss.box_warmup_iters=300", "loss.ts_object_thresh=0.8"],
+    # the warm-up without the gate, with a floor on the sigmoid's gradient in the mask losses
+    # (loss.sigmoid_grad_floor): seed 4's collapse was masks saturated at 1 everywhere
+    "meanfield_boxwarm_floor": ["loss.mode=box", "crf.mode=meanfield",
+                                "loss.box_warmup_iters=300", "loss.sigmoid_grad_floor=0.01"],
     # the other rows of the main table at the same warm-up (and gate, for the teacher)
     "proj_boxwarm": ["loss.mode=box", "crf.mode=none", "loss.box_warmup_iters=300"],
     "faithful_boxwarm_objgate": ["loss.mode=box", "crf.mode=faithful",
@@ -102,6 +106,7 @@ def schedule(iters: int, scale: int, batch: int) -> list[str]:
         # meanfield_boxwarm_objgate variant
         "loss.box_warmup_iters=0",
         "loss.ts_object_thresh=null",
+        "loss.sigmoid_grad_floor=0",
         f"data.train_scales=[[{2 * scale},{scale}]]",
         f"data.test_scale=[{2 * scale},{scale}]",
         f"data.batch_size={batch}",
