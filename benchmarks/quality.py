@@ -62,7 +62,8 @@ VARIANTS = {
     # iterations (loss.box_warmup_iters, ours): a dense target while the detector starts
     "meanfield_boxwarm": ["loss.mode=box", "crf.mode=meanfield", "loss.box_warmup_iters=300"],
     # + the per-object L_ts gate (loss.ts_object_thresh=0.5): an object whose mask has left
-    # its box projections leaves L_ts (the collapse to fragments of boxwarm seed 4)
+    # its box projections leaves L_ts (boxwarm seed 4 collapsed; mask_stats.py later showed
+    # its masks saturated at 1, BENCHMARKS.md)
     "meanfield_boxwarm_objgate": ["loss.mode=box", "crf.mode=meanfield",
                                   "loss.box_warmup_iters=300", "loss.ts_object_thresh=0.5"],
     # a softer per-object gate: objects enter L_ts up to a projection loss of 0.8 (0.5 above

@@ -327,21 +327,18 @@ def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
         if isinstance(value, bool):
             return value
         raise ConfigError(f"{source}: {key!r} must be true or false, got {value!r}")
+    if tp in (int, float) and isinstance(value, str) and _EXP_FLOAT.fullmatch(value.strip()):
+        number = float(value)  # YAML 1.1 reads 5e-4 (no dot in the mantissa) as a string
+        if tp is float or number.is_integer():
+            return tp(number)
     if tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
         if isinstance(value, float) and value.is_integer():
             return int(value)
-        if isinstance(value, str) and _EXP_FLOAT.fullmatch(value.strip()):
-            number = float(value)
-            if number.is_integer():
-                return int(number)
         raise ConfigError(f"{source}: {key!r} must be an integer, got {value!r}")
     if tp is float:
         if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str) and _EXP_FLOAT.fullmatch(value.strip()):
-            # YAML 1.1 reads 5e-4 (no dot in the mantissa) as a string
             return float(value)
         raise ConfigError(f"{source}: {key!r} must be a number, got {value!r}")
     if tp is str:
