@@ -34,11 +34,12 @@ def test_seed_recipes_load_in_box_mode(name):
     assert cfg.loss.mode == "box"
     assert cfg.loss.box_warmup_iters == 0  # the paper's recipes: official losses only
     assert cfg.loss.ts_object_thresh is None
+    assert cfg.loss.sigmoid_grad_floor == 0.0
 
 
 def test_cpu_recipe_and_demo_warm_up_on_the_filled_boxes_until_the_teacher_starts(tmp_path):
     """Random init (CPU recipe, demo): loss_boxwarm runs out when the EMA teacher starts, and
-    L_ts is gated per object."""
+    the box-mode mask losses have a floor on the sigmoid's gradient."""
     from discobox.demo import demo_config
 
     cpu = load_config("discobox_r18_fpn_cpu")
@@ -46,8 +47,9 @@ def test_cpu_recipe_and_demo_warm_up_on_the_filled_boxes_until_the_teacher_start
     demo = demo_config(tmp_path, tmp_path / "out", iterations=423, seed=0, full=False,
                        class_names=("a", "b"))
     assert demo.loss.box_warmup_iters == demo.teacher.start_iter == 141
-    # and gate L_ts per object
-    assert cpu.loss.ts_object_thresh == demo.loss.ts_object_thresh == 0.5
+    # and floor the mask losses' sigmoid gradient (no per-object L_ts gate)
+    assert cpu.loss.sigmoid_grad_floor == demo.loss.sigmoid_grad_floor == 0.01
+    assert cpu.loss.ts_object_thresh is None and demo.loss.ts_object_thresh is None
 
 
 def test_recipe_specifics():
