@@ -10,7 +10,15 @@ from helpers import tiny_overrides
 
 from discobox.cli import main
 from discobox.config import load_config
-from discobox.export_onnx import ATOL, MASK_TOL, check_onnx, export_onnx, output_names
+from discobox.export_onnx import (
+    ATOL,
+    MASK_TOL,
+    SCORE_FLIP_TOL,
+    ParityReport,
+    check_onnx,
+    export_onnx,
+    output_names,
+)
 from discobox.modeling.build import build_model, build_postprocessor
 
 pytest.importorskip("onnx", reason="onnx not installed (optional: pip install onnx)")
@@ -68,6 +76,22 @@ def test_parity_dcn_model(tmp_path):
     print(report.summary())
     assert report.ok, report.summary()
     assert report.detections[0] > 0
+
+
+def test_score_tolerance_widens_only_where_mask_pixels_flip():
+    """A flipped mask pixel moves maskness and Matrix NMS decays: scores then get SCORE_FLIP_TOL;
+    with identical masks they must agree to ATOL."""
+    def report(score_diff, flips):
+        return ParityReport(max_abs_diff={"mask_feat": 1e-5}, max_abs_ref={"mask_feat": 3.0},
+                            detections=(10, 10), score_max_diff=score_diff,
+                            mask_disagreement=flips)
+
+    assert report(ATOL / 2, 0.0).ok
+    assert not report(1.3e-3, 0.0).ok
+    assert report(1.3e-3, 4.9e-6).ok
+    assert not report(2 * SCORE_FLIP_TOL, 4.9e-6).ok
+    assert not report(ATOL / 2, 2 * MASK_TOL).ok
+    assert "tolerance 0.01" in report(1.3e-3, 4.9e-6).summary()
 
 
 def test_rejects_bad_requests(tmp_path):
