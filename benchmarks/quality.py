@@ -128,11 +128,14 @@ def train_command(recipe: str, run: Path, dataset: str, iters: int, scale: int, 
 
 def run_jobs(jobs: list[tuple[Path, list[str]]], parallel: int) -> None:
     """Run ``(run_dir, command)`` jobs, ``parallel`` at a time; the CPU threads are split
-    between them. Each job logs to ``run_dir/stdout.txt``; the first failure stops the rest."""
+    between them. Each job logs to ``run_dir/stdout.txt``. A failed job does not stop the
+    others (a killed seed must not cost its siblings an hour of training): the failures are
+    reported, and the exit is non-zero, once every job has ended."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1",
            "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 2) // parallel))}
     todo = list(jobs)
     running: list[tuple[Path, subprocess.Popen]] = []
+    failed: list[Path] = []
     while todo or running:
         while todo and len(running) < parallel:
             run, cmd = todo.pop(0)
@@ -145,9 +148,12 @@ def run_jobs(jobs: list[tuple[Path, list[str]]], parallel: int) -> None:
             if item[1].poll() is not None:
                 running.remove(item)
                 if item[1].returncode:
-                    for _, proc in running:
-                        proc.terminate()
-                    raise SystemExit(f"{item[0]} failed: see {item[0] / 'stdout.txt'}")
+                    failed.append(item[0])
+                    print(f"{item[0]} failed (exit {item[1].returncode}): see "
+                          f"{item[0] / 'stdout.txt'}; the other runs go on", flush=True)
+    if failed:
+        raise SystemExit(f"{len(failed)} run(s) failed: "
+                         + ", ".join(str(run / "stdout.txt") for run in failed))
 
 
 def mean_sec_per_iter(run: Path) -> float:
