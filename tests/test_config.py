@@ -35,11 +35,13 @@ def test_seed_recipes_load_in_box_mode(name):
     assert cfg.loss.box_warmup_iters == 0  # the paper's recipes: official losses only
     assert cfg.loss.ts_object_thresh is None
     assert cfg.loss.sigmoid_grad_floor == 0.0
+    assert cfg.teacher.momentum == 0.999  # the official EMA
 
 
 def test_cpu_recipe_and_demo_warm_up_on_the_filled_boxes_until_the_teacher_starts(tmp_path):
     """Random init (CPU recipe, demo): loss_boxwarm runs out when the EMA teacher starts, and
-    the box-mode mask losses have a floor on the sigmoid's gradient."""
+    the box-mode mask losses have a floor on the sigmoid's gradient; the CPU recipe's EMA
+    teacher has momentum 0.99, the demo's the official 0.999."""
     from discobox.demo import demo_config
 
     cpu = load_config("discobox_r18_fpn_cpu")
@@ -50,6 +52,8 @@ def test_cpu_recipe_and_demo_warm_up_on_the_filled_boxes_until_the_teacher_start
     # and floor the mask losses' sigmoid gradient (no per-object L_ts gate)
     assert cpu.loss.sigmoid_grad_floor == demo.loss.sigmoid_grad_floor == 0.01
     assert cpu.loss.ts_object_thresh is None and demo.loss.ts_object_thresh is None
+    # an EMA teacher that follows the student within ~100 iterations; the demo keeps 0.999
+    assert cpu.teacher.momentum == 0.99 and demo.teacher.momentum == 0.999
 
 
 def test_recipe_specifics():
