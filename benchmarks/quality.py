@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import OUT, dataset_overrides, markdown_table
+from common import OUT, dataset_overrides, markdown_table, one_class_copy
 
 VARIANTS = {
     "full": ["loss.mode=full", "crf.mode=none"],
@@ -82,6 +82,10 @@ VARIANTS = {
     "meanfield_boxwarm_floor_m99": ["loss.mode=box", "crf.mode=meanfield",
                                     "loss.box_warmup_iters=300", "loss.sigmoid_grad_floor=0.01",
                                     "teacher.momentum=0.99"],
+    # the official teacher at the CPU recipe's settings: the main table's faithful row
+    "faithful_boxwarm_floor_m99": ["loss.mode=box", "crf.mode=faithful",
+                                   "loss.box_warmup_iters=300", "loss.sigmoid_grad_floor=0.01",
+                                   "teacher.momentum=0.99"],
     # the other rows of the main table at the same warm-up (and gate, for the teacher)
     "proj_boxwarm": ["loss.mode=box", "crf.mode=none", "loss.box_warmup_iters=300"],
     "faithful_boxwarm_objgate": ["loss.mode=box", "crf.mode=faithful",
@@ -188,7 +192,12 @@ def main() -> None:
                     help="extra config overrides for every variant")
     ap.add_argument("--synthetic", action="store_true",
                     help="use the demo's synthetic set (generated into benchmarks/out/synthetic)")
+    ap.add_argument("--one-class", action="store_true",
+                    help="train and evaluate class-agnostic: every box in one category "
+                         "(a copy in benchmarks/out/one_class/<dataset>_1class)")
     args = ap.parse_args()
+    if args.one_class:
+        args.dataset = str(one_class_copy(args.dataset))
     if args.synthetic:
         from discobox.data.synthetic import make_synthetic_coco
 
