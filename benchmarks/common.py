@@ -17,9 +17,9 @@ def shared_data() -> Path:
 
 def one_class_copy(name: str) -> Path:
     """A class-agnostic copy of a data set (every annotation in one category, ``object``) in
-    ``benchmarks/out/one_class/<name>_1class``, images linked, not copied. On coco128 (71
-    classes, 741 training boxes) a short CPU schedule cannot learn the classes, so its mask AP
-    is mostly classification; one class measures the masks."""
+    ``benchmarks/out/one_class/<name>_1class``, images linked, not copied: mask AP without the
+    classification (coco128 has 71 classes in 741 training boxes). At 900 CPU iterations it
+    did not lift coco128's fully supervised mask AP off 0 (0.03; BENCHMARKS.md)."""
     root = Path(name) if Path(name).is_dir() else shared_data() / name
     out = OUT / "one_class" / f"{root.name}_1class"
     out.mkdir(parents=True, exist_ok=True)
