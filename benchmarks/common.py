@@ -15,12 +15,21 @@ def shared_data() -> Path:
     return Path(env) if env else ROOT.parent / "shared" / "data"
 
 
+def dataset_root(name: str) -> Path:
+    """The folder of one ``../shared/data`` set (or a folder with train.json/val.json/images);
+    exits with a one-line message when it has no train.json."""
+    root = Path(name) if Path(name).is_dir() else shared_data() / name
+    if not (root / "train.json").is_file():
+        raise SystemExit(f"{root}: no train.json (is ../shared/data present?)")
+    return root
+
+
 def one_class_copy(name: str) -> Path:
     """A class-agnostic copy of a data set (every annotation in one category, ``object``) in
     ``benchmarks/out/one_class/<name>_1class``, images linked, not copied: mask AP without the
     classification (coco128 has 71 classes in 741 training boxes). At 900 CPU iterations it
     did not lift coco128's fully supervised mask AP off 0 (0.03; BENCHMARKS.md)."""
-    root = Path(name) if Path(name).is_dir() else shared_data() / name
+    root = dataset_root(name)
     out = OUT / "one_class" / f"{root.name}_1class"
     out.mkdir(parents=True, exist_ok=True)
     for split in ("train", "val"):
@@ -37,9 +46,7 @@ def one_class_copy(name: str) -> Path:
 
 def dataset_overrides(name: str) -> list[str]:
     """Data keys of one ``../shared/data`` set (or a folder with train.json/val.json/images)."""
-    root = Path(name) if Path(name).is_dir() else shared_data() / name
-    if not (root / "train.json").is_file():
-        raise SystemExit(f"{root}: no train.json (is ../shared/data present?)")
+    root = dataset_root(name)
     cats = json.loads((root / "train.json").read_text())["categories"]
     names = [c["name"] for c in sorted(cats, key=lambda c: c["id"])]
     return [
