@@ -86,6 +86,14 @@ VARIANTS = {
     "faithful_boxwarm_floor_m99": ["loss.mode=box", "crf.mode=faithful",
                                    "loss.box_warmup_iters=300", "loss.sigmoid_grad_floor=0.01",
                                    "teacher.momentum=0.99"],
+    # the CPU recipe + the BoxInst pairwise colour term (for vines' thin objects), and the
+    # BoxInst-like pair without a teacher (projection + pairwise, the same warm-up and floor)
+    "meanfield_boxwarm_floor_m99_pw": ["loss.mode=box", "crf.mode=meanfield",
+                                       "loss.box_warmup_iters=300",
+                                       "loss.sigmoid_grad_floor=0.01", "teacher.momentum=0.99",
+                                       "loss.pairwise=true"],
+    "pairwise_boxwarm_floor": ["loss.mode=box", "crf.mode=none", "loss.box_warmup_iters=300",
+                               "loss.sigmoid_grad_floor=0.01", "loss.pairwise=true"],
     # the other rows of the main table at the same warm-up (and gate, for the teacher)
     "proj_boxwarm": ["loss.mode=box", "crf.mode=none", "loss.box_warmup_iters=300"],
     "faithful_boxwarm_objgate": ["loss.mode=box", "crf.mode=faithful",
