@@ -204,6 +204,10 @@ def main() -> None:
                     help="train and evaluate class-agnostic: every box in one category "
                          "(a copy in benchmarks/out/one_class/<dataset>_1class)")
     args = ap.parse_args()
+    variants = args.variants.split(",")
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        raise SystemExit(f"unknown variant(s) {unknown}; known: {sorted(VARIANTS)}")
     if args.one_class:
         args.dataset = str(one_class_copy(args.dataset))
     if args.synthetic:
@@ -216,7 +220,6 @@ def main() -> None:
         args.dataset = str(root)
     name = Path(args.dataset).name + args.tag
     base = OUT / "quality" / name
-    variants = args.variants.split(",")
     todo = [v for v in variants if not (base / v / "metrics_final.json").is_file()]
     run_jobs([(base / v, train_command(args.recipe, base / v, args.dataset, args.iters,
                                        args.scale, args.batch, VARIANTS[v] + args.set))
