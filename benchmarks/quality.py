@@ -139,6 +139,15 @@ def schedule(iters: int, scale: int, batch: int) -> list[str]:
     ]
 
 
+def parse_variants(text: str) -> list[str]:
+    """The comma-separated ``--variants`` names; exits with the known list on an unknown one."""
+    variants = text.split(",")
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        raise SystemExit(f"unknown variant(s) {unknown}; known: {sorted(VARIANTS)}")
+    return variants
+
+
 def train_command(recipe: str, run: Path, dataset: str, iters: int, scale: int, batch: int,
                   overrides: list[str]) -> list[str]:
     """``discobox train`` of one run of this benchmark's recipe (resumes an interrupted run)."""
@@ -204,10 +213,7 @@ def main() -> None:
                     help="train and evaluate class-agnostic: every box in one category "
                          "(a copy in benchmarks/out/one_class/<dataset>_1class)")
     args = ap.parse_args()
-    variants = args.variants.split(",")
-    unknown = [v for v in variants if v not in VARIANTS]
-    if unknown:
-        raise SystemExit(f"unknown variant(s) {unknown}; known: {sorted(VARIANTS)}")
+    variants = parse_variants(args.variants)
     if args.one_class:
         args.dataset = str(one_class_copy(args.dataset))
     if args.synthetic:

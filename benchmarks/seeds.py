@@ -25,7 +25,7 @@ import sys
 from pathlib import Path
 
 from common import OUT, markdown_table
-from quality import VARIANTS, mean_sec_per_iter, run_jobs, train_command
+from quality import VARIANTS, mean_sec_per_iter, parse_variants, run_jobs, train_command
 
 from discobox.engine.checkpoint import load_checkpoint_file, save_release
 
@@ -92,10 +92,7 @@ def main() -> None:
     ap.add_argument("--teacher", action="store_true",
                     help="also evaluate each run's EMA teacher (variant '<variant>@teacher')")
     args = ap.parse_args()
-    variants = args.variants.split(",")
-    unknown = [v for v in variants if v not in VARIANTS]
-    if unknown:
-        raise SystemExit(f"unknown variant(s) {unknown}; known: {sorted(VARIANTS)}")
+    variants = parse_variants(args.variants)
     seeds = [int(s) for s in args.seeds.split(",")]
     name = Path(args.dataset).name + args.tag
     jobs = []
