@@ -96,6 +96,10 @@ VARIANTS = {
                                "loss.sigmoid_grad_floor=0.01", "loss.pairwise=true"],
     # the other rows of the main table at the same warm-up (and gate, for the teacher)
     "proj_boxwarm": ["loss.mode=box", "crf.mode=none", "loss.box_warmup_iters=300"],
+    # the main table's projection-only row at the CPU recipe's settings: the warm-up and the
+    # sigmoid floor of meanfield_boxwarm_floor_m99, no teacher (so no momentum)
+    "proj_boxwarm_floor": ["loss.mode=box", "crf.mode=none", "loss.box_warmup_iters=300",
+                           "loss.sigmoid_grad_floor=0.01"],
     "faithful_boxwarm_objgate": ["loss.mode=box", "crf.mode=faithful",
                                  "loss.box_warmup_iters=300", "loss.ts_object_thresh=0.5"],
     # meanfield with a 5x5 window and a sharper colour kernel (chosen with crf_refine.py on
