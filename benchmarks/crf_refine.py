@@ -25,10 +25,10 @@ from common import OUT, markdown_table
 from discobox.data.coco import decode_segmentation, read_image
 from discobox.data.loader import collate
 from discobox.data.transforms import build_transforms
-from discobox.modeling.box_conditioned import BoxConditionedInference
+from discobox.inference.box_conditioned import BoxConditionedInference
 from discobox.modeling.build import crf_params, load_model
-from discobox.modeling.crf import CRFParams, crf_pseudo_labels
-from discobox.modeling.head import dynamic_mask_logits
+from discobox.modeling.crf.pseudo_labels import CRFParams, crf_pseudo_labels
+from discobox.modeling.solov2.head import dynamic_mask_logits
 from discobox.structures import Instances
 
 # (row name, mode, CRFParams overrides); the meanfield rows vary one thing at a time.

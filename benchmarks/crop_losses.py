@@ -21,7 +21,7 @@ import torch
 
 from discobox.config import load_config
 from discobox.data.build import build_train_dataset, build_train_loader_from_config
-from discobox.modeling import criterion as criterion_mod
+from discobox.modeling.boxsup import criterion as criterion_mod
 from discobox.modeling.build import build_criterion, load_model
 
 

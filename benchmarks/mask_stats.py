@@ -29,13 +29,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from discobox.checkpoint.io import load_checkpoint_file
 from discobox.config import load_config
 from discobox.data import collate
 from discobox.data.build import build_train_dataset
-from discobox.engine.checkpoint import load_checkpoint_file
 from discobox.modeling import build_criterion, build_model
-from discobox.modeling.crf import crf_pseudo_labels
-from discobox.modeling.targets import assign_targets
+from discobox.modeling.crf.pseudo_labels import crf_pseudo_labels
+from discobox.modeling.solov2.targets import assign_targets
 
 COLUMNS = ("logit in", "logit out", "p in", "p out", "fg in", "fg out", "stuck out")
 

@@ -58,7 +58,7 @@ def grid(dataset: str, methods: list[str], out: Path, n: int) -> None:
     from pycocotools.coco import COCO
 
     from discobox.data.coco import read_image
-    from discobox.visualize import palette
+    from discobox.inference.visualize import palette
 
     root = shared_data() / dataset if not Path(dataset).is_dir() else Path(dataset)
     gt = COCO(str(root / "val.json"))

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from common import OUT, markdown_table, shared_data
 
-from discobox.pseudo_label import pseudo_label
+from discobox.inference.pseudo_label import pseudo_label
 
 
 def main() -> None:

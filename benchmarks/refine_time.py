@@ -16,7 +16,7 @@ import torch
 from common import OUT, shared_data
 
 from discobox.data.coco import read_image
-from discobox.predict import Predictor
+from discobox.inference.predictor import Predictor
 
 
 def main() -> None:

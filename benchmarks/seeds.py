@@ -27,7 +27,7 @@ from pathlib import Path
 from common import OUT, markdown_table
 from quality import VARIANTS, mean_sec_per_iter, parse_variants, run_jobs, train_command
 
-from discobox.engine.checkpoint import load_checkpoint_file, save_release
+from discobox.checkpoint.io import load_checkpoint_file, save_release
 
 
 def run_dir(name: str, seed: int, variant: str) -> Path:

@@ -204,7 +204,7 @@ def run_case(name: str, h: int, w: int, device: torch.device, reps: int) -> dict
             scaler.update()
         return {"sec_per_step": _time(step, device, 1, reps)}
     if name.startswith("crf_"):
-        from discobox.modeling.crf import crf_pseudo_labels
+        from discobox.modeling.crf.pseudo_labels import crf_pseudo_labels
 
         _, mode, n = name.split("_")
         n = int(n)

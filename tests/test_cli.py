@@ -9,7 +9,7 @@ import torch
 from helpers import tiny_overrides
 from pycocotools.coco import COCO
 
-from discobox.cli import main
+from discobox.cli.main import main
 
 
 @pytest.fixture(scope="module")

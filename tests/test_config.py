@@ -42,7 +42,7 @@ def test_cpu_recipe_and_demo_warm_up_on_the_filled_boxes_until_the_teacher_start
     """Random init (CPU recipe, demo): loss_boxwarm runs out when the EMA teacher starts, and
     the box-mode mask losses have a floor on the sigmoid's gradient; the CPU recipe's EMA
     teacher has momentum 0.99, the demo's the official 0.999."""
-    from discobox.demo import demo_config
+    from discobox.engine.demo import demo_config
 
     cpu = load_config("discobox_r18_fpn_cpu")
     assert cpu.loss.box_warmup_iters == cpu.teacher.start_iter == 1000

@@ -15,13 +15,13 @@ from helpers import tiny_overrides
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
-import discobox.pseudo_label as pl
-from discobox.box_baselines import box_masks, grabcut_mask
-from discobox.cli import main
+import discobox.inference.pseudo_label as pl
+from discobox.cli.main import main
 from discobox.config import load_config
 from discobox.engine.evaluator import encode_mask
+from discobox.inference.box_baselines import box_masks, grabcut_mask
+from discobox.inference.pseudo_label import pseudo_label
 from discobox.modeling.build import build_model
-from discobox.pseudo_label import pseudo_label
 
 
 @pytest.fixture(autouse=True)
@@ -187,7 +187,7 @@ def test_model_method_round_trip_and_chunks(tiny_coco, tiny_weights, tmp_path):
 
 def test_hundreds_of_boxes_are_processed_in_chunks(tiny_coco, tiny_weights, tmp_path,
                                                    monkeypatch):
-    import discobox.modeling.box_conditioned as bc
+    import discobox.inference.box_conditioned as bc
 
     data = json.loads((tiny_coco / "val.json").read_text())
     img = data["images"][0]
@@ -339,7 +339,7 @@ def test_output_written_atomically(tiny_coco, tmp_path, monkeypatch):
     assert not out.exists()
     out.write_text("previous")
     with monkeypatch.context() as m:  # fail after the text is written, before the rename
-        m.setattr("discobox.engine.checkpoint.os.fsync", boom)
+        m.setattr("discobox.checkpoint.io.os.fsync", boom)
         with pytest.raises(RuntimeError):
             pseudo_label(**kwargs)
     assert out.read_text() == "previous"

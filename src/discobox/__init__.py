@@ -6,8 +6,8 @@ Public API::
 """
 
 from .config import Config, load_config
+from .inference.predictor import Predictor
 from .modeling.build import build_model, load_model
-from .predict import Predictor
 
 __all__ = ["Config", "Predictor", "build_model", "load_config", "load_model"]
 __version__ = "0.1.0"

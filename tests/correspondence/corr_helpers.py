@@ -10,7 +10,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from discobox.modeling.outputs import HeadOutput
+from discobox.modeling.solov2.outputs import HeadOutput
 from discobox.structures import Instances
 
 

@@ -4,8 +4,8 @@ import pytest
 import torch
 from corr_helpers import box_targets, fake_head_output
 
-from discobox.modeling.corr_branch import CorrespondenceBranch, quarter_boxes
-from discobox.modeling.object_bank import ObjectBank
+from discobox.modeling.correspondence.branch import CorrespondenceBranch, quarter_boxes
+from discobox.modeling.correspondence.object_bank import ObjectBank
 from discobox.structures import Instances
 
 GRIDS = (8, 6, 4, 4, 2)

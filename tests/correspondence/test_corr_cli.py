@@ -6,7 +6,7 @@ import pytest
 import torch
 from corr_helpers import make_pfpascal, make_pfwillow, make_spair, textured_image, write_image
 
-from discobox.cli import main
+from discobox.cli.main import main
 from discobox.structures import Instances
 
 MAKERS = {"pf-pascal": make_pfpascal, "pf-willow": make_pfwillow, "spair": make_spair}
@@ -61,7 +61,7 @@ def test_correspond_with_boxes(tmp_path, tiny_weights_path):
 
 def test_correspond_uses_detections_of_the_same_class(tmp_path, tiny_weights_path,
                                                       monkeypatch):
-    from discobox.predict import Predictor
+    from discobox.inference.predictor import Predictor
 
     def fake(self, images, names=()):
         a = Instances(boxes=torch.tensor([[2.0, 2, 40, 40], [10, 10, 50, 60]]),

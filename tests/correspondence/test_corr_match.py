@@ -12,8 +12,8 @@ from corr_helpers import (
     textured_image,
 )
 
-from discobox.eval_corr import pck_correct
-from discobox.modeling.dense_match import (
+from discobox.engine.eval_corr import pck_correct
+from discobox.modeling.correspondence.dense_match import (
     DenseFeatures,
     PairMatch,
     hyperpixel,

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from discobox.modeling.object_bank import ObjectBank
+from discobox.modeling.correspondence.object_bank import ObjectBank
 
 C_FEAT = 8
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from discobox.data.correspondence import CorrPair
-from discobox.eval_corr import PCKMeter, pck_correct, pck_threshold
+from discobox.engine.eval_corr import PCKMeter, pck_correct, pck_threshold
 
 
 def _pair(trg_kps, trg_size=(100, 200), trg_box=None):

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from discobox.modeling.correspondence import (
+from discobox.modeling.correspondence.solver import (
     cosine_affinity,
     cross_image_evidence,
     faithful_corr_loss,

@@ -3,7 +3,7 @@ import os
 import pytest
 import torch
 
-from discobox.engine.checkpoint import (
+from discobox.checkpoint.io import (
     atomic_save,
     find_last_checkpoint,
     load_checkpoint_file,

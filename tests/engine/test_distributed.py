@@ -10,7 +10,7 @@ import sys
 import torch
 from helpers import tiny_overrides
 
-from discobox.engine.checkpoint import find_last_checkpoint, load_checkpoint_file
+from discobox.checkpoint.io import find_last_checkpoint, load_checkpoint_file
 
 
 def _free_port() -> int:

@@ -8,9 +8,9 @@ import pytest
 import torch
 from helpers import tiny_overrides
 
+from discobox.checkpoint.io import find_last_checkpoint, load_checkpoint_file
 from discobox.config import ConfigError, load_config
 from discobox.engine import trainer as trainer_mod
-from discobox.engine.checkpoint import find_last_checkpoint, load_checkpoint_file
 
 
 def _cfg(tiny_coco, out, **extra):

@@ -5,9 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from discobox.cli import main
-from discobox.config import load_config
-from discobox.convert import (
+from discobox.checkpoint.convert import (
     ConversionError,
     convert_checkpoint,
     convert_state_dict,
@@ -16,6 +14,8 @@ from discobox.convert import (
     official_key_to_ours,
     official_to_ours,
 )
+from discobox.cli.main import main
+from discobox.config import load_config
 from discobox.modeling.build import load_model
 
 # Grid sizes are not weights: small grids keep the 512-channel towers cheap on CPU.

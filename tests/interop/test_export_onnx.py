@@ -8,9 +8,10 @@ import pytest
 import torch
 from helpers import tiny_overrides
 
-from discobox.cli import main
+from discobox.cli.main import main
 from discobox.config import load_config
-from discobox.export_onnx import (
+from discobox.modeling.build import build_model, build_postprocessor
+from discobox.tools.export_onnx import (
     ATOL,
     MASK_TOL,
     SCORE_FLIP_TOL,
@@ -19,7 +20,6 @@ from discobox.export_onnx import (
     export_onnx,
     output_names,
 )
-from discobox.modeling.build import build_model, build_postprocessor
 
 pytest.importorskip("onnx", reason="onnx not installed (optional: pip install onnx)")
 pytest.importorskip("onnxruntime", reason="onnxruntime not installed (optional)")

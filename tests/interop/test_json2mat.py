@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from scipy.io import loadmat, whosmat
 
-from discobox.cli import main
+from discobox.cli.main import main
 from discobox.data.voc import convert_voc
 from discobox.engine.evaluator import encode_mask
-from discobox.json2mat import results_to_mat
+from discobox.tools.json2mat import results_to_mat
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import logging
 import numpy as np
 import pytest
 
-from discobox.cli import main
+from discobox.cli.main import main
 from discobox.data.coco import CocoDataset, decode_segmentation
 from discobox.data.voc import (
     TRAIN_AUG_JSON,

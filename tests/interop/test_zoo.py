@@ -8,8 +8,8 @@ import hashlib
 import pytest
 import torch
 
-from discobox import zoo
-from discobox.cli import main
+from discobox.checkpoint import zoo
+from discobox.cli.main import main
 from discobox.config import available_recipes, load_config
 from discobox.modeling.build import build_model, load_model
 

@@ -5,8 +5,8 @@ import torch
 from torch import nn
 from torchvision.models import resnet18
 
-from discobox.modeling.backbone import build_backbone
-from discobox.modeling.dcn import ModulatedDeformConv2d
+from discobox.modeling.solov2.backbone import build_backbone
+from discobox.modeling.solov2.dcn import ModulatedDeformConv2d
 
 
 @pytest.mark.parametrize(

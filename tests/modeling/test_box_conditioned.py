@@ -3,7 +3,7 @@
 import torch
 import torch.nn.functional as F
 
-from discobox.modeling.box_conditioned import (
+from discobox.inference.box_conditioned import (
     SOURCE_BOX,
     SOURCE_CELL,
     SOURCE_NEIGHBOUR,
@@ -11,9 +11,9 @@ from discobox.modeling.box_conditioned import (
     box_region,
     paste_matrix,
 )
-from discobox.modeling.crf import CRFParams
-from discobox.modeling.outputs import HeadOutput
-from discobox.modeling.targets import assign_best_targets
+from discobox.modeling.crf.pseudo_labels import CRFParams
+from discobox.modeling.solov2.outputs import HeadOutput
+from discobox.modeling.solov2.targets import assign_best_targets
 from discobox.structures import Instances
 
 
@@ -98,7 +98,7 @@ def test_select_cells_equals_best_target_single():
 def test_select_cells_keeps_to_levels_the_box_was_trained_on():
     """Scale 40 with the official ranges: level 1's mid (96) is nearer than level 0's (9.8), but
     only level 0's range (1-96) holds 40, so only level 0 had it as a positive (§3.2)."""
-    from discobox.modeling.targets import assign_targets
+    from discobox.modeling.solov2.targets import assign_targets
 
     ranges = ((1, 96), (48, 192), (96, 384), (192, 768), (384, 2048))
     grids, padded = (40, 36, 24, 16, 12), (256, 320)

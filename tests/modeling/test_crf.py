@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from discobox.modeling.crf import (
+from discobox.modeling.crf.pseudo_labels import (
     CRFParams,
     color_kernel,
     crf_pseudo_labels,
@@ -179,8 +179,8 @@ def test_per_box_crop_equals_whole_image(mode):
 def test_lattice_window_sum_equals_offset_loop(kernel_size, dilation):
     """The unfold field of the mean-field update equals the per-offset reference sum, on the
     whole grid (parallel schedule) and on one colour class (colored schedule)."""
-    from discobox.modeling.crf_window import lattice_window_sum, offsets, window_sum
-    from discobox.modeling.meanfield import meanfield_kernel
+    from discobox.modeling.crf.meanfield import meanfield_kernel
+    from discobox.modeling.crf.window import lattice_window_sum, offsets, window_sum
 
     g = torch.Generator().manual_seed(1)
     x = torch.randn((3, 11, 13), generator=g)
@@ -197,7 +197,7 @@ def test_lattice_window_sum_equals_offset_loop(kernel_size, dilation):
 @pytest.mark.parametrize("kernel_size,dilation", [(3, 1), (7, 1), (5, 2)])
 def test_kernels_unfold_form_equals_offset_loop(kernel_size, dilation):
     """The one-unfold kernels (the GPU default) equal the per-offset loops (the CPU default)."""
-    from discobox.modeling.meanfield import meanfield_kernel
+    from discobox.modeling.crf.meanfield import meanfield_kernel
 
     img = torch.randn((3, 9, 14), generator=torch.Generator().manual_seed(3))
     loop = meanfield_kernel(img, kernel_size=kernel_size, dilation=dilation, vectorized=False)
@@ -214,9 +214,9 @@ def test_kernels_unfold_form_equals_offset_loop(kernel_size, dilation):
 def test_crf_unfold_path_equals_loop_path(mode, crop, monkeypatch):
     """crf_pseudo_labels takes the unfold forms off the CPU; forced on the CPU they give the
     same labels as the loops."""
-    import discobox.modeling.crf as crf_mod
-    import discobox.modeling.crf_window as window_mod
-    import discobox.modeling.meanfield as mf_mod
+    import discobox.modeling.crf.meanfield as mf_mod
+    import discobox.modeling.crf.pseudo_labels as crf_mod
+    import discobox.modeling.crf.window as window_mod
 
     g = torch.Generator().manual_seed(4)
     n, h, w = 5, 30, 36

@@ -6,11 +6,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from discobox.modeling.crf import crf_pseudo_labels
-from discobox.modeling.criterion import SOLOv2Criterion, outside_share
-from discobox.modeling.losses import dice_loss, focal_loss, projection_loss
-from discobox.modeling.outputs import HeadOutput
-from discobox.modeling.targets import assign_targets
+from discobox.modeling.boxsup.criterion import SOLOv2Criterion, outside_share
+from discobox.modeling.boxsup.losses import dice_loss, focal_loss, projection_loss
+from discobox.modeling.crf.pseudo_labels import crf_pseudo_labels
+from discobox.modeling.solov2.outputs import HeadOutput
+from discobox.modeling.solov2.targets import assign_targets
 from discobox.structures import Instances
 
 GRIDS = (8, 6, 4, 4, 2)
@@ -165,7 +165,7 @@ def test_ts_scale_multiplies_l_ts_only_and_zero_skips_the_crf(monkeypatch):
     def no_crf(*args, **kwargs):
         raise AssertionError("the CRF ran although ts_scale is 0")
 
-    monkeypatch.setattr("discobox.modeling.criterion.crf_pseudo_labels", no_crf)
+    monkeypatch.setattr("discobox.modeling.boxsup.criterion.crf_pseudo_labels", no_crf)
     out = _fake_out(seed=1)
     off = crit(out, targets, ts_active=True, ts_scale=0.0)
     assert _f(off["loss_ts"]) == 0.0
@@ -176,7 +176,7 @@ def test_ts_scale_multiplies_l_ts_only_and_zero_skips_the_crf(monkeypatch):
 def test_box_warmup_is_the_dice_to_the_filled_boxes_scaled(monkeypatch):
     """loss_boxwarm = weight * box_scale * mean_i dice(sigmoid(logits_i), box mask_i), on the
     same positives and box targets as the projection loss; the other losses do not move."""
-    import discobox.modeling.criterion as crit_mod
+    import discobox.modeling.boxsup.criterion as crit_mod
 
     seen = {}
     real_proj = crit_mod.projection_loss

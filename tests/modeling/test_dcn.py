@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from discobox.modeling.dcn import ModulatedDeformConv2d
+from discobox.modeling.solov2.dcn import ModulatedDeformConv2d
 
 
 @pytest.mark.parametrize(

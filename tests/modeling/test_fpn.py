@@ -3,7 +3,7 @@
 import torch
 import torch.nn.functional as F
 
-from discobox.modeling.fpn import FPN
+from discobox.modeling.solov2.fpn import FPN
 
 
 def test_shapes_and_keys():

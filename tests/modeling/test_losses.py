@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from discobox.modeling.losses import (
+from discobox.modeling.boxsup.losses import (
     color_similarity,
     dice_loss,
     floored_sigmoid,

@@ -2,8 +2,8 @@
 
 import torch
 
-from discobox.modeling.dcn import ModulatedDeformConv2d
-from discobox.modeling.mask_branch import MaskFeatHead
+from discobox.modeling.solov2.dcn import ModulatedDeformConv2d
+from discobox.modeling.solov2.mask_branch import MaskFeatHead
 
 
 def test_shapes_and_nonnegative():

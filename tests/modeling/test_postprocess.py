@@ -5,9 +5,9 @@ import math
 import pytest
 import torch
 
-from discobox.modeling.crf import CRFParams
-from discobox.modeling.outputs import HeadOutput
-from discobox.modeling.postprocess import (
+from discobox.modeling.crf.pseudo_labels import CRFParams
+from discobox.modeling.solov2.outputs import HeadOutput
+from discobox.modeling.solov2.postprocess import (
     SOLOv2PostProcessor,
     masks_to_boxes,
     matrix_nms,

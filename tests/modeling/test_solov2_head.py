@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from discobox.modeling.dcn import ModulatedDeformConv2d
-from discobox.modeling.head import (
+from discobox.modeling.solov2.dcn import ModulatedDeformConv2d
+from discobox.modeling.solov2.head import (
     ConvGNReLU,
     SOLOv2Head,
     coord_features,

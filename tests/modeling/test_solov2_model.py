@@ -3,12 +3,12 @@
 import pytest
 import torch
 
-from discobox.modeling.backbone import build_backbone
-from discobox.modeling.fpn import FPN
-from discobox.modeling.head import SOLOv2Head
-from discobox.modeling.mask_branch import MaskFeatHead
-from discobox.modeling.outputs import HeadOutput
-from discobox.modeling.solov2 import SOLOv2
+from discobox.modeling.solov2.backbone import build_backbone
+from discobox.modeling.solov2.fpn import FPN
+from discobox.modeling.solov2.head import SOLOv2Head
+from discobox.modeling.solov2.mask_branch import MaskFeatHead
+from discobox.modeling.solov2.model import SOLOv2
+from discobox.modeling.solov2.outputs import HeadOutput
 
 
 def _model(*, name="resnet18", dcn=False, num_classes=3, small=True):

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from discobox.modeling.targets import (
+from discobox.modeling.solov2.targets import (
     assign_best_targets,
     assign_targets,
     box_center_of_mass,

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from discobox.modeling.teacher import EMATeacher, LossGates, box_warmup, ts_ramp
+from discobox.modeling.boxsup.teacher import EMATeacher, LossGates, box_warmup, ts_ramp
 
 
 class _Net(nn.Module):

@@ -307,7 +307,7 @@ def convert_voc(
     Returns:
         ``{"train": path, "val": path}``.
     """
-    from ..engine.checkpoint import atomic_write_text
+    from ..checkpoint.io import atomic_write_text
 
     if box_source not in BOX_SOURCES:
         raise ValueError(f"box_source must be one of {BOX_SOURCES}, got {box_source!r}")

@@ -9,12 +9,12 @@ from typing import Any
 
 import torch
 
+from ..checkpoint.io import atomic_write_text
 from ..config import Config
 from ..data.build import build_test_dataset, build_test_loader_from_config
+from ..inference.predictor import predict_batch
 from ..modeling.build import build_postprocessor
-from ..predict import predict_batch
 from . import distributed as du
-from .checkpoint import atomic_write_text
 from .evaluator import coco_evaluate, format_metrics, run_inference
 
 logger = logging.getLogger("discobox")

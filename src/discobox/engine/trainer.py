@@ -21,12 +21,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from ..config import Config, ConfigError, config_from_dict
-from ..data.build import build_train_dataset, build_train_loader_from_config
-from ..modeling.build import build_criterion, build_model, build_object_bank
-from ..modeling.teacher import EMATeacher, LossGates, box_warmup, ts_ramp
-from . import distributed as du
-from .checkpoint import (
+from ..checkpoint.io import (
     atomic_write_text,
     find_last_checkpoint,
     load_checkpoint_file,
@@ -35,6 +30,11 @@ from .checkpoint import (
     save_release,
     set_rng_state,
 )
+from ..config import Config, ConfigError, config_from_dict
+from ..data.build import build_train_dataset, build_train_loader_from_config
+from ..modeling.boxsup.teacher import EMATeacher, LossGates, box_warmup, ts_ramp
+from ..modeling.build import build_criterion, build_model, build_object_bank
+from . import distributed as du
 from .log import MetricWriter, setup_logger
 from .tester import evaluate
 

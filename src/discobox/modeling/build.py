@@ -21,16 +21,16 @@ from ..config import (
     load_config,
     parse_cli_overrides,
 )
-from .backbone import build_backbone
-from .corr_branch import CorrespondenceBranch
-from .crf import CRFParams
-from .criterion import SOLOv2Criterion
-from .fpn import FPN
-from .head import SOLOv2Head
-from .mask_branch import MaskFeatHead
-from .object_bank import ObjectBank
-from .postprocess import SOLOv2PostProcessor
-from .solov2 import SOLOv2
+from .boxsup.criterion import SOLOv2Criterion
+from .correspondence.branch import CorrespondenceBranch
+from .correspondence.object_bank import ObjectBank
+from .crf.pseudo_labels import CRFParams
+from .solov2.backbone import build_backbone
+from .solov2.fpn import FPN
+from .solov2.head import SOLOv2Head
+from .solov2.mask_branch import MaskFeatHead
+from .solov2.model import SOLOv2
+from .solov2.postprocess import SOLOv2PostProcessor
 
 logger = logging.getLogger("discobox")
 
@@ -178,9 +178,9 @@ def load_model(
         overrides: dotted ``key=value`` overrides applied on top (e.g. ``test.score_thr=0.3``).
         strict: fail on missing or unexpected keys, naming them.
     """
-    from ..convert import maybe_convert_official
-    from ..engine.checkpoint import load_checkpoint_file
-    from ..zoo import verify_weights
+    from ..checkpoint.convert import maybe_convert_official
+    from ..checkpoint.io import load_checkpoint_file
+    from ..checkpoint.zoo import verify_weights
 
     path = Path(weights)
     verify_weights(path)  # sha256 check when the zoo records one for this file name

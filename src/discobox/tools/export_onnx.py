@@ -42,9 +42,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .modeling.outputs import HeadOutput
-from .modeling.postprocess import SOLOv2PostProcessor
-from .modeling.solov2 import SOLOv2
+from ..modeling.solov2.model import SOLOv2
+from ..modeling.solov2.outputs import HeadOutput
+from ..modeling.solov2.postprocess import SOLOv2PostProcessor
 
 logger = logging.getLogger("discobox")
 
@@ -83,7 +83,7 @@ def output_names(num_levels: int) -> list[str]:
 
 
 def _has_dcn(model: nn.Module) -> bool:
-    from .modeling.dcn import ModulatedDeformConv2d
+    from ..modeling.solov2.dcn import ModulatedDeformConv2d
 
     return any(isinstance(m, ModulatedDeformConv2d) for m in model.modules())
 
@@ -263,8 +263,8 @@ def _default_size(test_scale: tuple[int, int]) -> tuple[int, int]:
 
 
 def cmd_export_onnx(args: argparse.Namespace) -> int:
-    from .engine.log import setup_logger
-    from .modeling.build import build_postprocessor, load_model
+    from ..engine.log import setup_logger
+    from ..modeling.build import build_postprocessor, load_model
 
     setup_logger()
     model, cfg = load_model(args.weights, config=args.config)

@@ -15,7 +15,7 @@ import math
 import torch
 from torch import Tensor
 
-from .crf_window import (
+from .window import (
     full_window_sum,
     lattice_window_sum,
     neighbours,

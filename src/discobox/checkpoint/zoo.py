@@ -20,7 +20,7 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import available_recipes
+from ..config import available_recipes
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .data.correspondence import pfpascal_csv, read_csv_rows
+from ..data.correspondence import pfpascal_csv, read_csv_rows
 
 
 def pfpascal_image_ids(root: str | Path, splits: Sequence[str] = ("test",)) -> set[str]:
@@ -45,7 +45,7 @@ def exclude_pfpascal(
     Returns counts: ``listed``, ``excluded``, ``kept``, ``pfpascal_images`` and
     ``pfpascal_not_in_list`` (PF-PASCAL images absent from the VOC list).
     """
-    from .engine.checkpoint import atomic_write_text
+    from ..checkpoint.io import atomic_write_text
 
     path = Path(voc_list)
     if not path.exists():

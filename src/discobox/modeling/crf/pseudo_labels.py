@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .crf_window import full_window_sum, neighbours, offsets, shifted, vectorized_default
 from .meanfield import _MF_CHUNK_ELEMS, energy, meanfield_crf, meanfield_kernel
+from .window import full_window_sum, neighbours, offsets, shifted, vectorized_default
 
 __all__ = ["CRF_MODES", "CRFParams", "color_kernel", "crf_pseudo_labels", "energy",
            "faithful_crf", "meanfield_crf", "meanfield_kernel"]

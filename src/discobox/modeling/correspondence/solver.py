@@ -1,7 +1,7 @@
 """Dense correspondence between object crops: solvers, contrastive losses, CRF evidence (§5).
 
 Pure functions on tensors; the per-batch wiring (target assignment, RoI crops, object bank) is
-:class:`discobox.modeling.corr_branch.CorrespondenceBranch`.
+:class:`discobox.modeling.correspondence.branch.CorrespondenceBranch`.
 
 Solvers (METHOD.md §5.4), both returning ``(Cu, T)`` for a query crop against ``K`` retrieved
 crops on an ``s x s`` grid (``n = s*s`` cells, s = 7):
@@ -22,7 +22,8 @@ negatives from other objects.
 Cross-image evidence (§5.6): :func:`cross_image_evidence` transfers the retrieved objects'
 foreground/background through the super-resolved transport to the query's 28x28 crop;
 :func:`paste_evidence` puts it into the ¼-res ``cross_term`` ``float[N, 2, h, w]`` (channel 0
-background, 1 foreground) that :func:`discobox.modeling.crf.crf_pseudo_labels` accepts.
+background, 1 foreground) that
+:func:`discobox.modeling.crf.crf_pseudo_labels` accepts.
 """
 
 from __future__ import annotations

@@ -3,18 +3,18 @@
 Methods (``method=``):
 
 - ``"model"``: box-conditioned SOLOv2 inference, METHOD.md §8.1 (see
-  :mod:`discobox.modeling.box_conditioned`); score = the class score of the box's cell. With
+  :mod:`discobox.inference.box_conditioned`); score = the class score of the box's cell. With
   ``test.tile`` in the model's config (models trained on ``data.train_crop``) each box is
   labelled in the sliding window that holds it best, so the network sees inputs of the size it
   was trained on (droplets, seed-1 meanfield model: mean IoU 0.677 on whole images, 0.795 in
   windows; BENCHMARKS.md).
-- ``"box"``: the filled box (:func:`discobox.box_baselines.box_masks`); score 1.0.
+- ``"box"``: the filled box (:func:`discobox.inference.box_baselines.box_masks`); score 1.0.
 - ``"grabcut"``: OpenCV GrabCut initialised from the box, 5 iterations, on the full image or,
   with ``grabcut_context=c``, on the box grown by ``c`` times its size on each side
-  (:func:`discobox.box_baselines.grabcut_mask`); score 1.0.
+  (:func:`discobox.inference.box_baselines.grabcut_mask`); score 1.0.
 
 Every method confines a mask to its box: the pixels whose centres lie in the box, clipped to the
-image (``box_region`` in :mod:`discobox.modeling.box_conditioned`). (The official training-time
+image (``box_region`` in :mod:`discobox.inference.box_conditioned`). (The official training-time
 ``GenerateBoxMask`` rounds and includes the right/bottom edge, one pixel more, §3.1 step 3.)
 
 The output is a copy of the input json in which every annotation gets a compressed-RLE
@@ -58,14 +58,14 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from ..checkpoint.io import atomic_write_text
+from ..data.coco import ImageNotFoundError, ImageReadError, _load_json, read_image
+from ..engine.box_mask_eval import evaluate_box_masks
+from ..engine.distributed import amp_autocast
+from ..engine.evaluator import METRIC_NAMES, encode_mask
 from .box_baselines import check_grabcut_context, grabcut_mask
-from .data.coco import ImageNotFoundError, ImageReadError, _load_json, read_image
-from .engine.box_mask_eval import evaluate_box_masks
-from .engine.checkpoint import atomic_write_text
-from .engine.distributed import amp_autocast
-from .engine.evaluator import METRIC_NAMES, encode_mask
-from .modeling.box_conditioned import SOURCE_BOX, SOURCE_NEIGHBOUR, BoxConditionedInference
-from .modeling.box_conditioned import box_region as _box_region
+from .box_conditioned import SOURCE_BOX, SOURCE_NEIGHBOUR, BoxConditionedInference
+from .box_conditioned import box_region as _box_region
 
 logger = logging.getLogger("discobox")
 
@@ -146,9 +146,9 @@ class _ModelLabeller:
 
     def __init__(self, *, weights, config, overrides, device: str, chunk_size: int,
                  categories: list[dict[str, Any]]) -> None:
-        from .data.transforms import build_transforms
-        from .engine.distributed import resolve_device
-        from .modeling.build import load_model, refine_params
+        from ..data.transforms import build_transforms
+        from ..engine.distributed import resolve_device
+        from ..modeling.build import load_model, refine_params
 
         model, cfg = load_model(weights, config=config, overrides=overrides)
         self.device = resolve_device(device)
@@ -184,8 +184,8 @@ class _ModelLabeller:
 
     @torch.no_grad()
     def __call__(self, works: list[_Work]) -> Iterator[_Result]:
-        from .data.loader import collate
-        from .structures import Instances
+        from ..data.loader import collate
+        from ..structures import Instances
 
         samples = [
             self.transforms({"image": w.image, "instances": Instances.empty(),
@@ -212,7 +212,7 @@ class _ModelLabeller:
         ``data.train_crop``): each box is labelled in the window that holds it best
         (:meth:`BoxConditionedInference.tile_for_boxes`); only those windows run, a few at a
         time."""
-        from .predict import tile_windows, window_crops
+        from .predictor import tile_windows, window_crops
 
         h, w_img = (int(v) for v in batch.image_sizes[b])
         H0, W0 = (int(v) for v in batch.orig_sizes[b])
@@ -298,7 +298,8 @@ def pseudo_label(
         progress: show a tqdm bar over images.
         summary_json: also write the returned summary there.
         grabcut_context: ``grabcut`` only: ``None`` runs GrabCut on the full image; a number on
-            a crop around each box (:func:`discobox.box_baselines.grabcut_mask`'s ``context``).
+            a crop around each box (``context`` of
+            :func:`discobox.inference.box_baselines.grabcut_mask`).
 
     Returns:
         Summary: ``boxes`` (annotations), ``labelled``, ``skipped`` (count per reason of
@@ -454,7 +455,7 @@ def format_summary(summary: dict[str, Any]) -> str:
 
 
 def cmd_pseudo_label(args: argparse.Namespace) -> int:
-    from .engine.log import setup_logger
+    from ..engine.log import setup_logger
 
     setup_logger()
     summary = pseudo_label(

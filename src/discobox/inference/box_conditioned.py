@@ -44,10 +44,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .crf import CRFParams, box_masks, check_refine_mode, crf_pseudo_labels
-from .head import dynamic_mask_logits
-from .outputs import HeadOutput
-from .targets import DEFAULT_SCALE_RANGES, box_center_of_mass, scale_mids
+from ..modeling.crf.pseudo_labels import CRFParams, box_masks, check_refine_mode, crf_pseudo_labels
+from ..modeling.solov2.head import dynamic_mask_logits
+from ..modeling.solov2.outputs import HeadOutput
+from ..modeling.solov2.targets import DEFAULT_SCALE_RANGES, box_center_of_mass, scale_mids
 
 SOURCE_CELL, SOURCE_NEIGHBOUR, SOURCE_BOX = 0, 1, 2
 

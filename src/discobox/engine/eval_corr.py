@@ -1,8 +1,8 @@
 """``discobox eval-corr``: PCK of semantic correspondence on PF-PASCAL, PF-WILLOW, SPair-71k.
 
 Protocol (METHOD.md §8.4, SCOT): source keypoints are transferred to the target image
-(:mod:`discobox.modeling.dense_match`) and a keypoint is correct iff its L2 error is at most
-``alpha * L`` with
+(:mod:`discobox.modeling.correspondence.dense_match`) and a keypoint is correct iff its L2
+error is at most ``alpha * L`` with
 
 - ``L = max(h, w)`` of the target image (``"img"``, PF-PASCAL), or
 - ``L = max(box_h, box_w)`` of the target box (``"bbox"``, PF-WILLOW: the target keypoints'
@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .data.correspondence import DATASETS, CorrDataset, CorrPair, load_corr_dataset
+from ..data.correspondence import DATASETS, CorrDataset, CorrPair, load_corr_dataset
 
 logger = logging.getLogger("discobox")
 
@@ -101,8 +101,8 @@ def evaluate_correspondence(
     limit: int | None = None, progress: bool = True,
 ) -> dict[str, Any]:
     """PCK of ``model`` (a :class:`SOLOv2`) on ``dataset``; returns the metrics dict."""
-    from .data.coco import read_image
-    from .modeling.dense_match import image_features, match_features
+    from ..data.coco import read_image
+    from ..modeling.correspondence.dense_match import image_features, match_features
 
     meter = PCKMeter(alphas)
     pairs = dataset.pairs[:limit] if limit else dataset.pairs
@@ -144,9 +144,9 @@ def eval_corr(
     **kwargs,
 ) -> dict[str, Any]:
     """Load a trained model and dataset, evaluate, optionally write ``out`` (JSON)."""
-    from .engine import distributed as du
-    from .engine.checkpoint import atomic_write_text
-    from .modeling.build import load_model
+    from ..checkpoint.io import atomic_write_text
+    from ..modeling.build import load_model
+    from . import distributed as du
 
     data = load_corr_dataset(dataset, root, split)
     if not data.pairs:

@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..structures import Instances
-from .crf import CRFParams, box_masks, check_refine_mode, crf_pseudo_labels
+from ...structures import Instances
+from ..crf.pseudo_labels import CRFParams, box_masks, check_refine_mode, crf_pseudo_labels
 from .head import dynamic_mask_logits
 from .outputs import HeadOutput
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..structures import Instances
+from ...structures import Instances
 
 DEFAULT_NUM_GRIDS: tuple[int, ...] = (40, 36, 24, 16, 12)
 DEFAULT_SCALE_RANGES: tuple[tuple[float, float], ...] = (

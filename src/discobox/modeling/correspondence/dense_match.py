@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .correspondence import hough_cell_size, hough_voting, sinkhorn
+from .solver import hough_cell_size, hough_voting, sinkhorn
 
 MATCH_SOLVERS = ("sinkhorn", "cosine")
 

@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .config import Config, load_config
-from .data.synthetic import make_synthetic_coco
+from ..config import Config, load_config
+from ..data.synthetic import make_synthetic_coco
 
 logger = logging.getLogger("discobox")
 
@@ -70,9 +70,9 @@ def demo_config(data_root: Path, out_dir: Path, *, iterations: int, seed: int, f
 
 def seconds_per_iteration(cfg: Config, steps: int = 3) -> float:
     """Time ``steps`` training steps (after one warm-up) with the CRF teacher loss active."""
-    from .data.build import build_train_dataset, build_train_loader_from_config
-    from .engine.distributed import resolve_device
-    from .modeling.build import build_criterion, build_model
+    from ..data.build import build_train_dataset, build_train_loader_from_config
+    from ..modeling.build import build_criterion, build_model
+    from .distributed import resolve_device
 
     device = resolve_device(cfg.train.device)
     dataset = build_train_dataset(cfg)
@@ -103,10 +103,10 @@ def _overlays(weights: Path, val_json: Path, image_dir: Path, out_dir: Path, n: 
     import cv2
     from pycocotools import mask as mask_utils
 
-    from .data.coco import read_image
-    from .predict import Predictor
-    from .structures import Instances
-    from .visualize import draw_instances, side_by_side
+    from ..data.coco import read_image
+    from ..inference.predictor import Predictor
+    from ..inference.visualize import draw_instances, side_by_side
+    from ..structures import Instances
 
     predictor = Predictor.from_checkpoint(weights, device="cpu")
     doc = json.loads(val_json.read_text())
@@ -141,7 +141,7 @@ def _overlays(weights: Path, val_json: Path, image_dir: Path, out_dir: Path, n: 
 
 def _baselines(data_root: Path, out_dir: Path, weights: Path | None) -> dict[str, dict]:
     """Box-conditioned masks on the validation GT boxes: filled box, GrabCut, the model."""
-    from .pseudo_label import pseudo_label
+    from ..inference.pseudo_label import pseudo_label
 
     rows = {}
     methods = ["box", "grabcut"] + (["model"] if weights is not None else [])
@@ -160,9 +160,9 @@ def run_demo(*, output: str | Path = "discobox_demo", minutes: float = 10.0, ful
              seed: int = 0, iterations: int | None = None, num_train: int = 400,
              num_val: int = 40, device: str = "auto") -> dict[str, Any]:
     """Run the whole demo; returns (and writes) the summary. See the module docstring."""
-    from .engine.checkpoint import atomic_write_text
-    from .engine.log import setup_logger
-    from .engine.trainer import train
+    from ..checkpoint.io import atomic_write_text
+    from .log import setup_logger
+    from .trainer import train
 
     t_start = time.perf_counter()
     out = Path(output)
@@ -172,7 +172,7 @@ def run_demo(*, output: str | Path = "discobox_demo", minutes: float = 10.0, ful
         logger.info("generating %d + %d synthetic images in %s", num_train, num_val, data_root)
         make_synthetic_coco(data_root, num_train=num_train, num_val=num_val,
                             image_size=IMAGE_SIZE, seed=seed, max_objects=4)
-    from .data.synthetic import SHAPES
+    from ..data.synthetic import SHAPES
 
     runs = [("box", out / "box")] + ([("full", out / "full")] if full else [])
     if iterations is None:

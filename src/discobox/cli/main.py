@@ -13,15 +13,15 @@ import os
 import sys
 from collections.abc import Sequence
 
-from .convert import register as register_convert
-from .correspond import register as register_correspond
-from .data.voc import register as register_convert_voc
-from .eval_corr import register as register_eval_corr
-from .export_onnx import register as register_export_onnx
-from .json2mat import register as register_json2mat
-from .pseudo_label import register as register_pseudo_label
-from .voc_exclude import register as register_voc_exclude
-from .zoo import register as register_zoo
+from ..checkpoint.convert import register as register_convert
+from ..checkpoint.zoo import register as register_zoo
+from ..data.voc import register as register_convert_voc
+from ..engine.eval_corr import register as register_eval_corr
+from ..inference.correspond import register as register_correspond
+from ..inference.pseudo_label import register as register_pseudo_label
+from ..tools.export_onnx import register as register_export_onnx
+from ..tools.json2mat import register as register_json2mat
+from ..tools.voc_exclude import register as register_voc_exclude
 
 
 def _add_overrides(p: argparse.ArgumentParser) -> None:
@@ -30,8 +30,8 @@ def _add_overrides(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .config import load_config
-    from .engine.trainer import train
+    from ..config import load_config
+    from ..engine.trainer import train
 
     overrides = list(args.overrides)
     if args.output_dir:
@@ -43,10 +43,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_test(args: argparse.Namespace) -> int:
-    from .engine import distributed as du
-    from .engine.evaluator import format_metrics
-    from .engine.tester import evaluate
-    from .modeling.build import load_model
+    from ..engine import distributed as du
+    from ..engine.evaluator import format_metrics
+    from ..engine.tester import evaluate
+    from ..modeling.build import load_model
 
     if args.config and "=" in args.config and not os.path.exists(args.config):
         # `discobox test --weights W key=value`: the optional CONFIG took the first override.
@@ -63,7 +63,7 @@ def cmd_test(args: argparse.Namespace) -> int:
     if du.is_main_process() and metrics:
         print(format_metrics(metrics))
         if args.metrics_out:
-            from .engine.checkpoint import atomic_write_text
+            from ..checkpoint.io import atomic_write_text
 
             atomic_write_text(json.dumps(metrics, indent=2), args.metrics_out)
     du.cleanup_distributed()
@@ -71,7 +71,7 @@ def cmd_test(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from .predict import predict_files
+    from ..inference.predictor import predict_files
 
     out = predict_files(weights=args.weights, images=args.images, output=args.output,
                         config=args.config, score_thr=args.score_thr, overrides=args.overrides)
@@ -80,7 +80,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from ..engine.demo import run_demo
 
     run_demo(output=args.output, minutes=args.minutes, full=args.full, seed=args.seed,
              iterations=args.iterations, num_train=args.num_train, num_val=args.num_val,
@@ -89,7 +89,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_recipes(args: argparse.Namespace) -> int:
-    from .config import available_recipes, load_config
+    from ..config import available_recipes, load_config
 
     for name in available_recipes():
         if args.show:
@@ -171,8 +171,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if bad or not hasattr(args, "overrides"):
             parser.error(f"unrecognized arguments: {' '.join(bad or extra)}")
         args.overrides = [*(args.overrides or []), *extra]
-    from .config import ConfigError
-    from .data.coco import ImageReadError
+    from ..config import ConfigError
+    from ..data.coco import ImageReadError
 
     user_errors: tuple[type[BaseException], ...] = (
         ConfigError, FileNotFoundError, ImageReadError, ValueError, RuntimeError,

@@ -1,7 +1,7 @@
 """The semantic-correspondence branch of one training batch (METHOD.md §5, §3.4, §5.7).
 
 :class:`CorrespondenceBranch` turns the student (and teacher) outputs of a batch plus the
-:class:`~discobox.modeling.object_bank.ObjectBank` into
+:class:`~discobox.modeling.correspondence.object_bank.ObjectBank` into
 
 - ``loss_corr``: the dense contrastive loss (§5.5), summed over queries that retrieved enough
   objects and divided by their number (+1e-4), times ``weight``;
@@ -37,8 +37,13 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchvision.ops import roi_align
 
-from ..structures import Instances
-from .correspondence import (
+from ...structures import Instances
+from ..boxsup.losses import dice_loss, dilate_box_masks
+from ..crf.pseudo_labels import CRF_MODES, CRFParams, crf_pseudo_labels
+from ..solov2.outputs import HeadOutput
+from ..solov2.targets import DEFAULT_NUM_GRIDS, DEFAULT_SCALE_RANGES, assign_best_targets
+from .object_bank import ObjectBank
+from .solver import (
     CORR_LOSSES,
     SOLVERS,
     cross_image_evidence,
@@ -48,11 +53,6 @@ from .correspondence import (
     solve_faithful,
     solve_sinkhorn,
 )
-from .crf import CRF_MODES, CRFParams, crf_pseudo_labels
-from .losses import dice_loss, dilate_box_masks
-from .object_bank import ObjectBank
-from .outputs import HeadOutput
-from .targets import DEFAULT_NUM_GRIDS, DEFAULT_SCALE_RANGES, assign_best_targets
 
 
 def l2_normalize_roi(f: Tensor) -> Tensor:

@@ -1,12 +1,13 @@
 """``discobox correspond``: dense semantic correspondence between two objects in two images.
 
 Each object is given by a box (``--box-a``/``--box-b``, xyxy pixels) or, without boxes, found
-with :class:`discobox.predict.Predictor`: the class detected in both images whose top detections
-have the highest product of scores, and those two detections' boxes. The two box crops (plus a
-10 % margin) are matched with the evaluation pipeline (hyperpixel FPN features, Sinkhorn + Hough
-voting, :mod:`discobox.modeling.dense_match`). Output: ``<a>_<b>_corr.png`` (the images side by
-side, boxes, matched points joined by coloured lines) and ``<a>_<b>_corr.json`` (boxes, class,
-matches in original pixel coordinates with confidences).
+with :class:`discobox.inference.predictor.Predictor`: the class detected in both images whose
+top detections have the highest product of scores, and those two detections' boxes. The two
+box crops (plus a 10 % margin) are matched with the evaluation pipeline (hyperpixel FPN
+features, Sinkhorn + Hough voting, :mod:`discobox.modeling.correspondence.dense_match`).
+Output: ``<a>_<b>_corr.png`` (the images side by side, boxes, matched points joined by coloured
+lines) and ``<a>_<b>_corr.json`` (boxes, class, matches in original pixel coordinates with
+confidences).
 
 Confidence of a source cell ``i`` matched to ``j = argmax conf[i]``: ``conf[i, j] / sum_j
 conf[i, j]``. Mutual nearest neighbours are preferred, and points are spread over the box by a
@@ -128,10 +129,10 @@ def correspond(
     margin: float = 0.1, config: str | Path | None = None, device: str | None = None,
 ) -> dict[str, Any]:
     """Match the objects of two images; writes the PNG and JSON, returns the JSON dict."""
-    from .data.coco import read_image
-    from .engine.checkpoint import atomic_write_text
-    from .modeling.dense_match import image_features, match_features
-    from .predict import Predictor
+    from ..checkpoint.io import atomic_write_text
+    from ..data.coco import read_image
+    from ..modeling.correspondence.dense_match import image_features, match_features
+    from .predictor import Predictor
 
     if (box_a is None) != (box_b is None):
         raise ValueError("pass both --box-a and --box-b, or neither (then detections are used)")

@@ -32,9 +32,9 @@ from typing import Any
 
 import numpy as np
 
-from .data.coco import decode_segmentation
-from .data.voc import VOC_CLASSES
-from .engine.checkpoint import atomic_write
+from ..checkpoint.io import atomic_write
+from ..data.coco import decode_segmentation
+from ..data.voc import VOC_CLASSES
 
 logger = logging.getLogger("discobox")
 _MAX_LISTED = 10
@@ -199,7 +199,7 @@ def _savemat_atomic(path: Path, variables: dict[str, Any], *, compress: bool) ->
 
 
 def cmd_json2mat(args: argparse.Namespace) -> int:
-    from .engine.log import setup_logger
+    from ..engine.log import setup_logger
 
     setup_logger()
     s = results_to_mat(args.results, args.out, image_list=args.image_list, gt_json=args.gt)

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
-from .structures import Instances
+from ..structures import Instances
 
 
 def palette(n: int, seed: int = 3) -> np.ndarray:

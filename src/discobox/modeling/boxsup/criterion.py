@@ -19,9 +19,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..structures import Instances
-from .corr_branch import CorrespondenceBranch, CorrResult
-from .crf import CRF_MODES, CRFParams, crf_pseudo_labels
+from ...structures import Instances
+from ..correspondence.branch import CorrespondenceBranch, CorrResult
+from ..correspondence.object_bank import ObjectBank
+from ..crf.pseudo_labels import CRF_MODES, CRFParams, crf_pseudo_labels
+from ..solov2.model import PIXEL_MEAN, PIXEL_STD
+from ..solov2.outputs import HeadOutput
+from ..solov2.targets import DEFAULT_NUM_GRIDS, DEFAULT_SCALE_RANGES, LevelTargets, assign_targets
 from .losses import (
     color_similarity,
     dice_loss,
@@ -33,10 +37,6 @@ from .losses import (
     projection_loss,
     rgb_to_lab,
 )
-from .object_bank import ObjectBank
-from .outputs import HeadOutput
-from .solov2 import PIXEL_MEAN, PIXEL_STD
-from .targets import DEFAULT_NUM_GRIDS, DEFAULT_SCALE_RANGES, LevelTargets, assign_targets
 
 
 def _mask_logits(kernels: Tensor, mask_feat: Tensor) -> Tensor:
@@ -128,12 +128,12 @@ class SOLOv2Criterion(nn.Module):
             share, not a sum, so it does not reward shrinking the mask.
         box_warmup_weight: ours, 0 (off) by default: weight of ``loss_boxwarm``, box mode, the
             dice between each positive's mask and its filled box mask (§3.2), times the
-            ``box_scale`` of the call (:func:`~discobox.modeling.teacher.box_warmup`: falls
+            ``box_scale`` of the call (:func:`~discobox.modeling.boxsup.teacher.box_warmup`: falls
             from 1 to 0 over ``loss.box_warmup_iters``). The key is present whenever the
             weight is > 0, a zero once the scale is 0.
         sigmoid_grad_floor: ours, 0 (off) by default: box mode, the mask probabilities of every
             mask loss (projection, ``L_ts``, ``loss_boxwarm``, ``loss_outside``) come from
-            :func:`~discobox.modeling.losses.floored_sigmoid`, whose gradient never falls
+            :func:`~discobox.modeling.boxsup.losses.floored_sigmoid`, whose gradient never falls
             below this, so a mask saturated at 1 (or 0) everywhere can still be moved. Loss
             values are unchanged. In ``[0, 0.25)``.
         mask_weight: full mode dice weight, 3.0 as SOLOv2's ``ins_loss_weight``.
@@ -146,7 +146,7 @@ class SOLOv2Criterion(nn.Module):
     Call: ``criterion(out, targets, teacher_out=None, ts_active=False, image_sizes=None,
     ts_scale=1.0, box_scale=0.0)``; ``box_scale`` multiplies ``loss_boxwarm``; ``ts_scale``
     multiplies ``L_ts`` (the ``loss.ts_ramp_iters`` ramp,
-    :func:`~discobox.modeling.teacher.ts_ramp`; at 0 the CRF is not run).
+    :func:`~discobox.modeling.boxsup.teacher.ts_ramp`; at 0 the CRF is not run).
 
     - ``out``: student :class:`HeadOutput` (``mask_feat`` must be ``(H/4, W/4)`` of
       ``out.images``).
