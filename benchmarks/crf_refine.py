@@ -22,11 +22,12 @@ import torch
 import torch.nn.functional as F
 from common import OUT, markdown_table
 
+from discobox.checkpoint.load import load_model
 from discobox.data.coco import decode_segmentation, read_image
 from discobox.data.loader import collate
 from discobox.data.transforms import build_transforms
 from discobox.inference.box_conditioned import BoxConditionedInference
-from discobox.modeling.build import crf_params, load_model
+from discobox.modeling.build import crf_params
 from discobox.modeling.crf.pseudo_labels import CRFParams, crf_pseudo_labels
 from discobox.modeling.solov2.head import dynamic_mask_logits
 from discobox.structures import Instances

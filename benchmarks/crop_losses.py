@@ -19,10 +19,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from discobox.checkpoint.load import load_model
 from discobox.config import load_config
 from discobox.data.build import build_train_dataset, build_train_loader_from_config
 from discobox.modeling.boxsup import criterion as criterion_mod
-from discobox.modeling.build import build_criterion, load_model
+from discobox.modeling.build import build_criterion
 
 
 def main() -> None:

@@ -29,7 +29,7 @@ def test_train_writes_checkpoint_with_full_state(tiny_coco, tmp_path):
     # teacher switched on at iteration 2 and is saved with the run (official code loses it)
     assert ckpt["teacher"] is not None
     # the teacher is also released beside the student, loadable by test/predict
-    from discobox.modeling.build import load_model
+    from discobox.checkpoint.load import load_model
 
     teacher_model, _ = load_model(tmp_path / "run" / "model_final_teacher.pth")
     for k, v in teacher_model.state_dict().items():

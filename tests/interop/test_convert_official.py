@@ -14,9 +14,9 @@ from discobox.checkpoint.convert import (
     official_key_to_ours,
     official_to_ours,
 )
+from discobox.checkpoint.load import load_model
 from discobox.cli.main import main
 from discobox.config import load_config
-from discobox.modeling.build import load_model
 
 # Grid sizes are not weights: small grids keep the 512-channel towers cheap on CPU.
 SMALL_GRIDS = ["model.num_grids=[8,6,4,3,2]"]

@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from discobox.checkpoint import zoo
+from discobox.checkpoint.load import load_model
 from discobox.cli.main import main
 from discobox.config import available_recipes, load_config
-from discobox.modeling.build import build_model, load_model
+from discobox.modeling.build import build_model
 
 
 def test_every_recipe_listed_with_reported_ap():

@@ -36,6 +36,10 @@ import torch
 from torch import Tensor
 
 from ..config import Config, available_recipes, config_from_dict, load_config
+from ..modeling.build import build_model
+from ..modeling.solov2.backbone import ARCHS
+from .io import atomic_save, load_checkpoint_file
+from .zoo import sha256_file, verify_weights
 
 logger = logging.getLogger("discobox")
 
@@ -236,7 +240,6 @@ def infer_recipe(state: Mapping[str, Tensor], *, path: str | Path = "checkpoint"
         "dcn_head": "bbox_head.kernel_convs.0.conv.conv_offset.weight" in ours,
         "num_classes": num_classes,
     }
-    from ..modeling.solov2.backbone import ARCHS
 
     for name in available_recipes():
         cfg = load_config(name)
@@ -270,7 +273,6 @@ def _resolve_config(
 
 def expected_state_dict(cfg: Config) -> dict[str, Tensor]:
     """The model's ``state_dict`` on the meta device (keys, shapes, dtypes; no memory)."""
-    from ..modeling.build import build_model
 
     with torch.device("meta"):
         model = build_model(cfg.replace(**{"model.backbone.weights": None}))
@@ -347,9 +349,6 @@ def convert_checkpoint(
     "sha256": <sha256 of src>}``; it loads with ``discobox.load_model(dst)`` without a config.
     In non-strict mode missing tensors keep the model's fresh initialisation.
     """
-    from ..modeling.build import build_model
-    from .io import atomic_save, load_checkpoint_file
-    from .zoo import sha256_file, verify_weights
 
     src = Path(src)
     digest = verify_weights(src) or sha256_file(src)

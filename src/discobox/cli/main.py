@@ -43,10 +43,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_test(args: argparse.Namespace) -> int:
+    from ..checkpoint.load import load_model
     from ..engine import distributed as du
     from ..engine.evaluator import format_metrics
     from ..engine.tester import evaluate
-    from ..modeling.build import load_model
 
     if args.config and "=" in args.config and not os.path.exists(args.config):
         # `discobox test --weights W key=value`: the optional CONFIG took the first override.

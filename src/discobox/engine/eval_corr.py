@@ -145,7 +145,7 @@ def eval_corr(
 ) -> dict[str, Any]:
     """Load a trained model and dataset, evaluate, optionally write ``out`` (JSON)."""
     from ..checkpoint.io import atomic_write_text
-    from ..modeling.build import load_model
+    from ..checkpoint.load import load_model
     from . import distributed as du
 
     data = load_corr_dataset(dataset, root, split)

@@ -13,13 +13,14 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from ..checkpoint.io import atomic_write_text
+from ..checkpoint.load import load_model
 from ..config import Config
 from ..data.coco import read_image
 from ..data.loader import collate
 from ..data.transforms import build_transforms
 from ..engine.distributed import amp_autocast
 from ..engine.evaluator import instances_to_coco
-from ..modeling.build import build_postprocessor, load_model
+from ..modeling.build import build_postprocessor
 from ..modeling.solov2.postprocess import SOLOv2PostProcessor, masks_to_boxes
 from ..structures import ImageBatch, Instances
 from .visualize import draw_instances

@@ -146,9 +146,10 @@ class _ModelLabeller:
 
     def __init__(self, *, weights, config, overrides, device: str, chunk_size: int,
                  categories: list[dict[str, Any]]) -> None:
+        from ..checkpoint.load import load_model
         from ..data.transforms import build_transforms
         from ..engine.distributed import resolve_device
-        from ..modeling.build import load_model, refine_params
+        from ..modeling.build import refine_params
 
         model, cfg = load_model(weights, config=config, overrides=overrides)
         self.device = resolve_device(device)

@@ -2,25 +2,18 @@
 
 ``build_model(cfg)`` builds the :class:`SOLOv2` network, ``build_criterion(cfg)`` the training
 losses, ``build_postprocessor(cfg)`` inference (METHOD.md §7), and ``load_model(weights)`` restores
-a trained model together with the config it was trained with.
+a trained model together with the config it was trained with
+(:func:`discobox.checkpoint.load.load_model`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-from pathlib import Path
 
 import torch
 
-from ..config import (
-    Config,
-    ConfigError,
-    apply_overrides,
-    config_from_dict,
-    load_config,
-    parse_cli_overrides,
-)
+from ..config import Config
 from .boxsup.criterion import SOLOv2Criterion
 from .correspondence.branch import CorrespondenceBranch
 from .correspondence.object_bank import ObjectBank
@@ -150,64 +143,3 @@ def build_postprocessor(cfg: Config) -> SOLOv2PostProcessor:
                                max_per_img=t.max_per_img, strides=HEAD_STRIDES,
                                refine=None if t.refine == "none" else t.refine,
                                refine_params=refine_params(cfg), refine_margin=t.refine_margin)
-
-
-def _state_dict_of(obj: dict, path: Path) -> dict[str, torch.Tensor]:
-    for key in ("model", "state_dict"):
-        if isinstance(obj.get(key), dict):
-            return obj[key]
-    if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
-        return obj
-    raise RuntimeError(f"{path}: no model weights found (expected a 'model' or 'state_dict' key)")
-
-
-def load_model(
-    weights: str | Path,
-    *,
-    config: str | Path | Config | None = None,
-    overrides: list[str] | None = None,
-    strict: bool = True,
-) -> tuple[SOLOv2, Config]:
-    """Load a trained model and its config; returns ``(model in eval mode, cfg)``.
-
-    Args:
-        weights: a checkpoint written by ``discobox train`` or ``discobox convert`` (holds the
-            config), an official DiscoBox checkpoint (converted on load, config inferred from
-            its shapes), or a bare ``state_dict`` (then ``config`` is required).
-        config: recipe name, YAML path or :class:`Config`; default: the checkpoint's own config.
-        overrides: dotted ``key=value`` overrides applied on top (e.g. ``test.score_thr=0.3``).
-        strict: fail on missing or unexpected keys, naming them.
-    """
-    from ..checkpoint.convert import maybe_convert_official
-    from ..checkpoint.io import load_checkpoint_file
-    from ..checkpoint.zoo import verify_weights
-
-    path = Path(weights)
-    verify_weights(path)  # sha256 check when the zoo records one for this file name
-    ckpt = maybe_convert_official(load_checkpoint_file(path), path=path, config=config,
-                                  strict=strict)  # official mmdet checkpoints convert on load
-    if isinstance(config, Config):
-        cfg = config
-    elif config is not None:
-        cfg = load_config(config)
-    elif isinstance(ckpt.get("config"), dict):
-        cfg = config_from_dict(ckpt["config"], source=str(path))
-    else:
-        raise ConfigError(f"{path} holds no config; pass one (a recipe name or YAML file)")
-    if overrides:
-        cfg = apply_overrides(cfg, parse_cli_overrides(list(overrides)))
-    # Never read backbone init weights when restoring a trained model.
-    cfg = cfg.replace(**{"model.backbone.weights": None})
-    model = build_model(cfg)
-    state = _state_dict_of(ckpt, path)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not k.endswith("num_batches_tracked")]
-    if strict and (missing or unexpected):
-        raise RuntimeError(
-            f"{path} does not match the model of this config: missing keys {missing[:8]}"
-            f"{' ...' if len(missing) > 8 else ''}, unexpected keys {unexpected[:8]}"
-            f"{' ...' if len(unexpected) > 8 else ''}"
-        )
-    model.eval()
-    return model, cfg
-

@@ -263,8 +263,9 @@ def _default_size(test_scale: tuple[int, int]) -> tuple[int, int]:
 
 
 def cmd_export_onnx(args: argparse.Namespace) -> int:
+    from ..checkpoint.load import load_model
     from ..engine.log import setup_logger
-    from ..modeling.build import build_postprocessor, load_model
+    from ..modeling.build import build_postprocessor
 
     setup_logger()
     model, cfg = load_model(args.weights, config=args.config)
