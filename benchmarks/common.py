@@ -27,8 +27,7 @@ def dataset_root(name: str) -> Path:
 def one_class_copy(name: str) -> Path:
     """A class-agnostic copy of a data set (every annotation in one category, ``object``) in
     ``benchmarks/out/one_class/<name>_1class``, images linked, not copied: mask AP without the
-    classification (coco128 has 71 classes in 741 training boxes). At 900 CPU iterations it
-    did not lift coco128's fully supervised mask AP off 0 (0.03; BENCHMARKS.md)."""
+    classification."""
     root = dataset_root(name)
     out = OUT / "one_class" / f"{root.name}_1class"
     out.mkdir(parents=True, exist_ok=True)

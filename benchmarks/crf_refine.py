@@ -1,18 +1,20 @@
-"""How well does each CRF mode refine a trained student's masks? (the teacher's job, §4.3-4.4)
+"""How well does each CRF mode refine a trained student's masks? (docs/method.md §4.3-4.4)
 
     python benchmarks/crf_refine.py --weights benchmarks/out/quality/synthetic/proj/model_final.pth
 
 For every ground-truth box of the first ``--images`` val images, the student's soft mask of the
-box's cell (the same cell selection as box-conditioned inference, §8.1) at 1/4 resolution is
-refined by each CRF setting inside the box, and the mean IoU of ``Y > 0.5`` with the
-ground-truth mask (area-downsampled to 1/4 resolution) is reported beside the student itself
-and the filled box, with the CRF's CPU seconds (1 thread). This is how the mean-field defaults
-were chosen (BENCHMARKS.md "Mean-field tuning"); it needs no training.
+box's cell (the same cell selection as box-conditioned inference, docs/method.md §8.1) at 1/4
+resolution is refined by each CRF setting (the run's ``crf.*``, one key changed per row) inside
+the box, and the mean IoU of ``Y > 0.5`` with the ground-truth mask (area-downsampled to 1/4
+resolution) is reported beside the student itself and the filled box, with the CRF's CPU seconds
+(1 thread). This is how the mean-field defaults were chosen (BENCHMARKS.md "Mean-field tuning");
+it needs no training.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -23,12 +25,13 @@ import torch.nn.functional as F
 from common import OUT, markdown_table
 
 from discobox.checkpoint.load import load_model
-from discobox.data.coco import decode_segmentation, read_image
+from discobox.data.images import read_image
 from discobox.data.loader import collate
+from discobox.data.segmentation import decode_segmentation
 from discobox.data.transforms import build_transforms
 from discobox.inference.box_conditioned import BoxConditionedInference
-from discobox.modeling.build import crf_params
-from discobox.modeling.crf.pseudo_labels import CRFParams, crf_pseudo_labels
+from discobox.modeling.crf.params import CRFParams
+from discobox.modeling.crf.pseudo_labels import crf_pseudo_labels
 from discobox.modeling.solov2.head import dynamic_mask_logits
 from discobox.structures import Instances
 
@@ -39,16 +42,15 @@ SETTINGS: list[tuple[str, str, dict]] = [
                                                            "prob_clamp": 0.05}),
     ("meanfield k3 clamp0.2", "meanfield", {"mf_kernel_size": 3}),
     ("meanfield k5 clamp0.2", "meanfield", {"mf_kernel_size": 5}),
-    ("meanfield k5 dil2 clamp0.2", "meanfield", {"mf_kernel_size": 5, "dilation": 2}),
+    ("meanfield k5 dil2 clamp0.2", "meanfield", {"mf_kernel_size": 5, "mf_dilation": 2}),
     ("meanfield k7 clamp0.05", "meanfield", {"prob_clamp": 0.05}),
     ("meanfield k7 clamp0.2 (default)", "meanfield", {}),
     ("meanfield k7 clamp0.3", "meanfield", {"prob_clamp": 0.3}),
     ("meanfield k7 w_color 0.5", "meanfield", {"w_color": 0.5, "w_spatial": 0.125}),
     ("meanfield k7 w_color 2", "meanfield", {"w_color": 2.0, "w_spatial": 0.5}),
     ("meanfield k7 theta_color 1", "meanfield", {"theta_color": 1.0}),
-    ("meanfield k7 colored schedule", "meanfield", {"schedule": "colored"}),
     # wider and longer propagation, checked on droplets (BENCHMARKS.md "Droplets on crops")
-    ("meanfield k7 dil2", "meanfield", {"dilation": 2}),
+    ("meanfield k7 dil2", "meanfield", {"mf_dilation": 2}),
     ("meanfield k9", "meanfield", {"mf_kernel_size": 9}),
     ("meanfield k11", "meanfield", {"mf_kernel_size": 11}),
     ("meanfield k7 20 iterations", "meanfield", {"iters": 20}),
@@ -128,7 +130,7 @@ def main() -> None:
     torch.set_num_threads(1)
     model, cfg = load_model(args.weights)
     model.eval()
-    base = crf_params(cfg.replace(**{"crf.mode": "meanfield"}))
+    base = cfg.crf
     scores: dict[str, list[float]] = {"student (no CRF)": [], "filled box": []}
     seconds: dict[str, float] = {}
     objects = student_masks(model, cfg, Path(args.dataset), args.images, args.split)
@@ -136,7 +138,7 @@ def main() -> None:
         scores["student (no CRF)"] += _iou(soft * box_q, gt)
         scores["filled box"] += _iou(box_q, gt)
         for name, mode, over in SETTINGS:
-            params = CRFParams(**{**base.__dict__, **over}) if mode == "meanfield" else CRFParams()
+            params = dataclasses.replace(base, **over) if mode == "meanfield" else CRFParams()
             t0 = time.perf_counter()
             y = crf_pseudo_labels(soft, box_q, image_q, mode=mode, params=params)
             seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - t0

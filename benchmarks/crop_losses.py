@@ -4,9 +4,9 @@
 
 Draws ``--crops`` batches of one crop from the run's own training pipeline (its config.yaml, in
 box mode), runs the run's ``model_final.pth`` in eval mode and reports the box-projection loss
-(METHOD.md §4.2): the mean per crop grouped by the file-name prefix before ``image`` (the video
-of the droplets set), and the quantiles of the per-positive terms with the share under a few
-thresholds (what ``loss.ts_object_thresh`` compares against).
+(docs/method.md §4.2): the mean per crop grouped by the file-name prefix before ``image`` (the
+video of the droplets set), and the quantiles of the per-positive terms with the share under a
+few thresholds.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ def main() -> None:
     for _ in range(args.crops):
         batch = next(loader)
         with torch.no_grad():
-            losses = crit(model(batch.images, batch.image_sizes), batch.targets)
+            losses, _ = crit(model(batch.images, batch.image_sizes), batch.targets)
         name = Path(batch.file_names[0]).name
         by_group[re.split(r"image", name)[0]].append(float(losses["loss_proj"]))
     for group, vals in sorted(by_group.items()):

@@ -26,7 +26,7 @@ from common import markdown_table
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
-from discobox.data.coco import compressed_rle
+from discobox.data.segmentation import compressed_rle
 
 
 def fit(gt: COCO, dets: list[dict]) -> dict[str, float]:

@@ -4,7 +4,7 @@ branch saturated (every pixel at 1, or at 0), or shrunk to fragments?
 For each run folder (``train`` output: ``config.yaml`` and a checkpoint), rebuilds the model and
 the training set (box mode: boxes only), runs ``--batches`` training batches of 2 through the
 network (eval mode, no gradient, random crops and flips seeded by ``--seed``), assigns the
-targets as the criterion does (METHOD.md §3.3), and prints over every positive cell:
+targets as the criterion does (docs/method.md §3.3), and prints over every positive cell:
 
 - ``logit in`` / ``logit out``: mean mask logit inside / outside the positive's box mask;
 - ``p in`` / ``p out``: mean probability inside / outside;
@@ -16,7 +16,7 @@ targets as the criterion does (METHOD.md §3.3), and prints over every positive 
   inside the box, beside the student's.
 
     python benchmarks/mask_stats.py out/quality/droplets_s512crop_seed4/meanfield_boxwarm \\
-        out/quality/droplets_s512crop_seed4/meanfield_boxwarm_objgate
+        out/quality/droplets_s512crop_seed4/meanfield_boxwarm_floor
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from discobox.checkpoint.io import load_checkpoint_file
 from discobox.config import load_config
 from discobox.data import collate
 from discobox.data.build import build_train_dataset
-from discobox.modeling import build_criterion, build_model
+from discobox.modeling.build import build_criterion, build_model
 from discobox.modeling.crf.pseudo_labels import crf_pseudo_labels
 from discobox.modeling.solov2.targets import assign_targets
 
@@ -77,7 +77,7 @@ def run_stats(run: Path, checkpoint: str, batches: int, seed: int, crf: bool) ->
                 for b in pos.img_index.unique().tolist():
                     sel = pos.img_index == b
                     target = crf_pseudo_labels(probs[sel], pos.targets[sel], images[b],
-                                               mode=crit.crf_mode, params=crit.crf_params)
+                                               mode=crit.crf.mode, params=crit.crf)
                     rows["crf target in"].append(float(target[inside[sel]].mean()))
                     rows["student in"].append(float(probs[sel][inside[sel]].mean()))
     return {k: st.mean(v) for k, v in rows.items() if v}

@@ -57,7 +57,7 @@ def grid(dataset: str, methods: list[str], out: Path, n: int) -> None:
     import cv2
     from pycocotools.coco import COCO
 
-    from discobox.data.coco import read_image
+    from discobox.data.images import read_image
     from discobox.inference.visualize import palette
 
     root = shared_data() / dataset if not Path(dataset).is_dir() else Path(dataset)

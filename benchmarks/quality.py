@@ -2,12 +2,11 @@
 
     python benchmarks/quality.py --dataset droplets --iters 300
 
-Variants (METHOD.md §4): ``full`` (dice on GT masks, the upper bound), ``proj`` (projection loss
-only, no teacher), ``faithful`` (official hard colour-vote CRF teacher), ``meanfield`` (soft
-mean-field CRF teacher), ``pairwise`` (projection + BoxInst pairwise term), ``meanfield_fill``
-and ``faithful_fill`` (those teachers with ``crf.fill_holes=true``), ``corr`` (faithful
-plus the correspondence branch), ``corr_sinkhorn`` (``corr`` with Sinkhorn + InfoNCE). Each run
-lives in
+Variants (docs/method.md §4): ``full`` (dice on GT masks, the upper bound), ``proj``
+(projection loss only, no teacher), ``faithful`` (official hard colour-vote CRF teacher),
+``meanfield`` (soft mean-field CRF teacher), ``pairwise`` (projection + BoxInst pairwise term),
+``corr`` (faithful plus the correspondence branch), ``corr_sinkhorn`` (``corr`` with Sinkhorn +
+InfoNCE), and the combinations listed in :data:`VARIANTS`. Each run lives in
 ``benchmarks/out/quality/<dataset>/<variant>`` and resumes if interrupted; finished runs are
 reused. Writes ``benchmarks/out/quality_<dataset>.json`` and prints a markdown table.
 """
@@ -29,91 +28,39 @@ VARIANTS = {
     "proj": ["loss.mode=box", "crf.mode=none"],
     "faithful": ["loss.mode=box", "crf.mode=faithful"],
     "meanfield": ["loss.mode=box", "crf.mode=meanfield"],
-    # the EMA teacher from iteration 0 with a momentum warm-up (teacher.warmup, ours): no
-    # "teacher = student" phase (§4.0)
-    "meanfield_ema": ["loss.mode=box", "crf.mode=meanfield", "teacher.start_iter=0",
-                      "teacher.warmup=true"],
-    # per-object L_ts gate (loss.ts_object_thresh, ours): an object enters L_ts only while
-    # its own projection loss is below 0.5
-    "meanfield_objgate": ["loss.mode=box", "crf.mode=meanfield", "loss.ts_object_thresh=0.5"],
-    # the per-object gate + loss_outside (loss.outside_weight, ours): the share of each mask
-    # outside its box is penalised (detections of og seed 1 spill into touching droplets)
-    "meanfield_objgate_out": ["loss.mode=box", "crf.mode=meanfield", "loss.ts_object_thresh=0.5",
-                              "loss.outside_weight=1.0"],
-    # + the L_ts term guard (loss.ts_term_max, ours): an object's L_ts term counts only while
-    # under 0.5, so a CRF target that has left its student is dropped, not followed
-    "meanfield_objgate_out_guard": ["loss.mode=box", "crf.mode=meanfield",
-                                    "loss.ts_object_thresh=0.5", "loss.outside_weight=1.0",
-                                    "loss.ts_term_max=0.5"],
     "pairwise": ["loss.mode=box", "crf.mode=none", "loss.pairwise=true"],
-    # the CRF teachers with the hole-filling prior on their targets (ours, crf.fill_holes)
-    "meanfield_fill": ["loss.mode=box", "crf.mode=meanfield", "crf.fill_holes=true"],
-    "faithful_fill": ["loss.mode=box", "crf.mode=faithful", "crf.fill_holes=true"],
-    # meanfield with the row/column-fill shape prior on its targets (ours, crf.fill_ortho): an
-    # outline or an arc spanning the box teaches the filled object
-    "meanfield_ortho": ["loss.mode=box", "crf.mode=meanfield", "crf.fill_ortho=true"],
-    # + L_ts's weight ramped from 0 to 1 over the first 300 iterations (loss.ts_ramp_iters,
-    # ours; 300 = teacher.start_iter at --iters 900): the CRF target of a random student is
-    # not trusted at full weight
-    "meanfield_ortho_ramp": ["loss.mode=box", "crf.mode=meanfield", "crf.fill_ortho=true",
-                             "loss.ts_ramp_iters=300"],
-    "meanfield_ramp": ["loss.mode=box", "crf.mode=meanfield", "loss.ts_ramp_iters=300"],
     # + a dice on the filled box masks whose weight falls from 1 to 0 over the first 300
-    # iterations (loss.box_warmup_iters, ours): a dense target while the detector starts
+    # iterations (loss.box_warmup_iters)
     "meanfield_boxwarm": ["loss.mode=box", "crf.mode=meanfield", "loss.box_warmup_iters=300"],
-    # + the per-object L_ts gate (loss.ts_object_thresh=0.5): an object whose mask has left
-    # its box projections leaves L_ts (boxwarm seed 4 collapsed; mask_stats.py later showed
-    # its masks saturated at 1, BENCHMARKS.md)
-    "meanfield_boxwarm_objgate": ["loss.mode=box", "crf.mode=meanfield",
-                                  "loss.box_warmup_iters=300", "loss.ts_object_thresh=0.5"],
-    # a softer per-object gate: objects enter L_ts up to a projection loss of 0.8 (0.5 above
-    # kept 50-80% of the objects in L_ts and cost the good seeds AP75)
-    "meanfield_boxwarm_objgate08": ["loss.mode=box", "crf.mode=meanfield",
-                                    "loss.box_warmup_iters=300", "loss.ts_object_thresh=0.8"],
-    # the warm-up without the gate, with a floor on the sigmoid's gradient in the mask losses
-    # (loss.sigmoid_grad_floor): seed 4's collapse was masks saturated at 1 everywhere (six
-    # droplets seeds: 61.9 mask AP against 53.3 with the gate above)
+    # + a floor on the sigmoid's gradient in the box-mode mask losses (loss.sigmoid_grad_floor)
     "meanfield_boxwarm_floor": ["loss.mode=box", "crf.mode=meanfield",
                                 "loss.box_warmup_iters=300", "loss.sigmoid_grad_floor=0.01"],
-    # + teacher.momentum 0.99 (a 100-iteration EMA): at 0.999 from iteration 300 of 900 the
-    # teacher is still 55% the student of iteration 300 at the end (0.999**600), and the
-    # official schedule's 1000-iteration EMA spans ~1% of it, not two thirds. The CPU
-    # recipe's settings (six droplets seeds: 66.4 mask AP against 61.9 at 0.999)
+    # + teacher.momentum 0.99 (a 100-iteration EMA): the CPU recipe's box-mode settings
     "meanfield_boxwarm_floor_m99": ["loss.mode=box", "crf.mode=meanfield",
                                     "loss.box_warmup_iters=300", "loss.sigmoid_grad_floor=0.01",
                                     "teacher.momentum=0.99"],
-    # the official teacher at the CPU recipe's settings: the main table's faithful row
+    # the official teacher at the CPU recipe's settings
     "faithful_boxwarm_floor_m99": ["loss.mode=box", "crf.mode=faithful",
                                    "loss.box_warmup_iters=300", "loss.sigmoid_grad_floor=0.01",
                                    "teacher.momentum=0.99"],
-    # the CPU recipe + the BoxInst pairwise colour term (for vines' thin objects), and the
-    # BoxInst-like pair without a teacher (projection + pairwise, the same warm-up and floor)
+    # the CPU recipe + the BoxInst pairwise colour term, and the BoxInst-like pair without a
+    # teacher (projection + pairwise, the same warm-up and floor)
     "meanfield_boxwarm_floor_m99_pw": ["loss.mode=box", "crf.mode=meanfield",
                                        "loss.box_warmup_iters=300",
                                        "loss.sigmoid_grad_floor=0.01", "teacher.momentum=0.99",
                                        "loss.pairwise=true"],
     "pairwise_boxwarm_floor": ["loss.mode=box", "crf.mode=none", "loss.box_warmup_iters=300",
                                "loss.sigmoid_grad_floor=0.01", "loss.pairwise=true"],
-    # the other rows of the main table at the same warm-up (and gate, for the teacher)
+    # projection loss only, with the warm-up (and the floor)
     "proj_boxwarm": ["loss.mode=box", "crf.mode=none", "loss.box_warmup_iters=300"],
-    # the main table's projection-only row at the CPU recipe's settings: the warm-up and the
-    # sigmoid floor of meanfield_boxwarm_floor_m99, no teacher (so no momentum)
     "proj_boxwarm_floor": ["loss.mode=box", "crf.mode=none", "loss.box_warmup_iters=300",
                            "loss.sigmoid_grad_floor=0.01"],
-    "faithful_boxwarm_objgate": ["loss.mode=box", "crf.mode=faithful",
-                                 "loss.box_warmup_iters=300", "loss.ts_object_thresh=0.5"],
-    # meanfield with a 5x5 window and a sharper colour kernel (chosen with crf_refine.py on
-    # droplets: thin outlines between same-grey regions)
+    # meanfield teacher with a 5x5 window and a sharper colour kernel, or a 3x3 window
     "meanfield_k5t15": ["loss.mode=box", "crf.mode=meanfield", "crf.mf_kernel_size=5",
                         "crf.theta_color=0.15"],
-    # meanfield teacher with a 3x3 window: on droplets train images the default 7x7 CRF makes
-    # the student's masks worse (crf_refine.py: IoU 0.352 -> 0.111), only 3x3 does not (0.355)
     "meanfield_k3": ["loss.mode=box", "crf.mode=meanfield", "crf.mf_kernel_size=3"],
-    # L_ts on the student's whole mask (loss.ts_region=image, ours), alone and with pairwise
-    "meanfield_img": ["loss.mode=box", "crf.mode=meanfield", "loss.ts_region=image"],
-    "meanfield_img_pw": ["loss.mode=box", "crf.mode=meanfield", "loss.ts_region=image",
-                         "loss.pairwise=true"],
-    # faithful + the correspondence branch (§5); small objects enter the bank at CPU scales
+    # faithful + the correspondence branch (docs/method.md §5); small objects enter the bank
+    # at CPU scales
     "corr": ["loss.mode=box", "crf.mode=faithful", "corr.enabled=true", "corr.min_box_size=4"],
     # the same with the paper-intent solver and loss (§5.4-5.5: Sinkhorn + Hough, InfoNCE)
     "corr_sinkhorn": ["loss.mode=box", "crf.mode=faithful", "corr.enabled=true",
@@ -130,7 +77,6 @@ def schedule(iters: int, scale: int, batch: int) -> list[str]:
         # variants say what they add: the CPU recipe's box warm-up, sigmoid-gradient floor and
         # teacher momentum are the meanfield_boxwarm_floor_m99 variant
         "loss.box_warmup_iters=0",
-        "loss.ts_object_thresh=null",
         "loss.sigmoid_grad_floor=0",
         "teacher.momentum=0.999",
         f"data.train_scales=[[{2 * scale},{scale}]]",

@@ -29,10 +29,6 @@ SETTINGS: dict[str, list[str]] = {
     "k3_t6": ["test.refine=meanfield", "test.refine_kernel_size=3", "test.mask_thr=0.6"],
     "faithful": ["test.refine=faithful"],
     "k3": ["test.refine=meanfield", "test.refine_kernel_size=3"],
-    # the refiner with / without the row-column fill prior (crf.fill_ortho), whatever the run
-    # trained with
-    "k3_ortho": ["test.refine=meanfield", "test.refine_kernel_size=3", "crf.fill_ortho=true"],
-    "k3_noortho": ["test.refine=meanfield", "test.refine_kernel_size=3", "crf.fill_ortho=false"],
     "k3_m2": ["test.refine=meanfield", "test.refine_kernel_size=3", "test.refine_margin=2"],
     "k3_m0": ["test.refine=meanfield", "test.refine_kernel_size=3", "test.refine_margin=0"],
     "k5": ["test.refine=meanfield", "test.refine_kernel_size=5"],

@@ -15,7 +15,7 @@ import time
 import torch
 from common import OUT, shared_data
 
-from discobox.data.coco import read_image
+from discobox.data.images import read_image
 from discobox.inference.predictor import Predictor
 
 

@@ -155,10 +155,10 @@ def run_case(name: str, h: int, w: int, device: torch.device, reps: int) -> dict
                          "corr.appear_thresh": -2.0, "corr.ratio_range": [0.0, 1e9]})
             if name.endswith("_sinkhorn"):
                 over.update({"corr.solver": "sinkhorn", "corr.loss": "infonce"})
-        from discobox.modeling.build import build_object_bank
+        from discobox.modeling.build import build_corr_branch, build_object_bank
 
         cfg, model, crit, _ = _solov2(recipe, device, **over)
-        bank = build_object_bank(cfg)
+        branch, bank = build_corr_branch(cfg), build_object_bank(cfg)
         bank = bank.to(device) if bank is not None else None
         model.train()
         opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-5)
@@ -171,18 +171,26 @@ def run_case(name: str, h: int, w: int, device: torch.device, reps: int) -> dict
                 out = model(x, [(h, w)] * 2)
                 with torch.no_grad():
                     teacher = model(x, [(h, w)] * 2) if mode == "box" else None
-            losses = crit(out, tg, teacher_out=teacher, ts_active=mode == "box",
-                          image_sizes=[(h, w)] * 2, bank=bank, corr_active=corr)
+            res = None
+            if corr and branch is not None and bank is not None and cfg.crf.mode != "none":
+                res = branch(out, tg, bank=bank, teacher_out=teacher)
+                last["corr"] = res
+            losses, _ = crit(out, tg, teacher_out=teacher, ts_active=mode == "box",
+                             image_sizes=[(h, w)] * 2,
+                             extra_ts_terms=None if res is None else res.ts_terms)
+            if res is not None:
+                losses["loss_corr"] = res.loss_corr
             opt.zero_grad()
             scaler.scale(sum(losses.values())).backward()
             scaler.step(opt)
             scaler.update()
-            if bank is not None and crit.corr_result is not None:
-                bank.push(**crit.corr_result.to_push)
+            if res is not None:
+                bank.push(**res.to_push)
+        last: dict = {}
         sec = _time(step, device, 3 if corr else 1, reps)
         res = {"sec_per_step": sec, "objects": n, "size": [h, w]}
-        if corr and crit.corr_result is not None:  # the branch really matched objects
-            res["corr_stats"] = dict(crit.corr_result.stats)
+        if "corr" in last:  # the branch really matched objects
+            res["corr_stats"] = dict(last["corr"].stats)
         return res
     if name == "train_maskrcnn_r50":
         from torchvision.models.detection import maskrcnn_resnet50_fpn

@@ -33,7 +33,6 @@ def test_seed_recipes_load_in_box_mode(name):
     cfg = load_config(name)
     assert cfg.loss.mode == "box"
     assert cfg.loss.box_warmup_iters == 0  # the paper's recipes: official losses only
-    assert cfg.loss.ts_object_thresh is None
     assert cfg.loss.sigmoid_grad_floor == 0.0
     assert cfg.teacher.momentum == 0.999  # the official EMA
 
@@ -49,9 +48,8 @@ def test_cpu_recipe_and_demo_warm_up_on_the_filled_boxes_until_the_teacher_start
     demo = demo_config(tmp_path, tmp_path / "out", iterations=423, seed=0, full=False,
                        class_names=("a", "b"))
     assert demo.loss.box_warmup_iters == demo.teacher.start_iter == 141
-    # and floor the mask losses' sigmoid gradient (no per-object L_ts gate)
+    # and floor the mask losses' sigmoid gradient
     assert cpu.loss.sigmoid_grad_floor == demo.loss.sigmoid_grad_floor == 0.01
-    assert cpu.loss.ts_object_thresh is None and demo.loss.ts_object_thresh is None
     # an EMA teacher that follows the student within ~100 iterations; the demo keeps 0.999
     assert cpu.teacher.momentum == 0.99 and demo.teacher.momentum == 0.999
 
@@ -80,8 +78,10 @@ def test_overrides_and_yaml_values():
         ("solver.lrr=1", "did you mean 'solver.lr'"),
         ("modle.num_classes=3", "did you mean 'model'"),
         ("crf.mode=bogus", "must be one of"),
-        ("loss.ts_region=crop", "'loss.ts_region' must be one of"),
+        ("loss.mode=points", "'loss.mode' must be one of"),
         ("test.refine=densecrf", "'test.refine' must be one of"),
+        ("loss.box_warmup_iters=-1", "'loss.box_warmup_iters' must be >= 0"),
+        ("loss.box_warmup_weight=-0.5", "'loss.box_warmup_weight' must be >= 0"),
         ("solver.lr=abc", "'solver.lr' must be a number"),
         ("solver.lr", "not KEY=VALUE"),
         ("model.num_grids=[1,2]", None),
@@ -97,9 +97,9 @@ def test_bad_overrides_name_the_key(override, expected):
 
 def test_exponent_notation_numbers(tmp_path):
     """5e-4 (no dot: a string to YAML 1.1) is a number in overrides and in a config file."""
-    cfg = load_config(None, ["solver.lr=5e-4", "loss.ts_object_thresh=1E-6",
+    cfg = load_config(None, ["solver.lr=5e-4", "loss.sigmoid_grad_floor=1E-3",
                              "solver.max_iter=2e3"])
-    assert cfg.solver.lr == 5e-4 and cfg.loss.ts_object_thresh == 1e-6
+    assert cfg.solver.lr == 5e-4 and cfg.loss.sigmoid_grad_floor == 1e-3
     assert cfg.solver.max_iter == 2000 and isinstance(cfg.solver.max_iter, int)
     p = tmp_path / "exp.yaml"
     p.write_text("solver:\n  lr: 2.5e-3\n  weight_decay: 1e-4\n")
@@ -124,3 +124,26 @@ def test_unknown_recipe_suggests():
 def test_round_trip_through_dict():
     cfg = load_config("discobox_r101_dcn_fpn_3x_coco", ["solver.max_iter=10"])
     assert config_from_dict(cfg.to_dict()) == cfg
+
+
+def test_removed_keys_are_an_error_for_users_and_dropped_from_old_checkpoints(caplog):
+    """A deleted option named by a user says it was removed; an old checkpoint's config that
+    stores it still loads (its value only mattered for training)."""
+    import logging
+
+    from discobox.config import REMOVED_KEYS, ConfigError, config_from_dict
+
+    with pytest.raises(ConfigError, match="'loss.ts_object_thresh' was removed"):
+        load_config(None, ["loss.ts_object_thresh=0.5"])
+    old = load_config("discobox_r18_fpn_cpu").to_dict()
+    for key, value in REMOVED_KEYS.items():
+        section, name = key.split(".")
+        old[section][name] = value
+    caplog.set_level(logging.WARNING, logger="discobox")
+    assert config_from_dict(old) == load_config("discobox_r18_fpn_cpu")
+    assert caplog.text == ""  # stored values equal today's behaviour: nothing to say
+    old["loss"]["ts_object_thresh"] = 0.5
+    assert config_from_dict(old) == load_config("discobox_r18_fpn_cpu")
+    assert "loss.ts_object_thresh=0.5" in caplog.text
+    with pytest.raises(ConfigError, match="unknown config key 'loss.nope'"):
+        config_from_dict({"loss": {"nope": 1}})

@@ -6,7 +6,8 @@ import pytest
 import torch
 from scipy import ndimage
 
-from discobox.inference.predictor import predict_batch, predict_tiled, tile_starts
+from discobox.inference.predictor import predict_batch
+from discobox.inference.tiling import predict_tiled, tile_starts
 from discobox.modeling.solov2.postprocess import SOLOv2PostProcessor
 from discobox.structures import ImageBatch, Instances
 

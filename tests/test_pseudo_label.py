@@ -18,7 +18,7 @@ from pycocotools.coco import COCO
 import discobox.inference.pseudo_label as pl
 from discobox.cli.main import main
 from discobox.config import load_config
-from discobox.engine.evaluator import encode_mask
+from discobox.data.coco_results import encode_mask
 from discobox.inference.box_baselines import box_masks, grabcut_mask
 from discobox.inference.pseudo_label import pseudo_label
 from discobox.modeling.build import build_model
@@ -308,7 +308,7 @@ def test_cli_end_to_end(tiny_coco, tiny_weights, tmp_path, capsys):
     rc = main(["pseudo-label", "--boxes", str(tiny_coco / "val.json"), "--images",
                str(tiny_coco / "images"), "--out", str(out), "--weights", str(tiny_weights),
                "--device", "cpu", "--evaluate", "--no-progress", "--chunk-size", "8",
-               "--batch-size", "2", "--summary-out", str(summary), "--set", "test.mask_thr=0.5"])
+               "--batch-size", "2", "--summary-out", str(summary), "test.mask_thr=0.5"])
     assert rc == 0
     text = capsys.readouterr().out
     assert "mean IoU" in text and "segm AP" in text
@@ -322,6 +322,14 @@ def test_cli_end_to_end(tiny_coco, tiny_weights, tmp_path, capsys):
                "grabcut", "--grabcut-context", "0.5", "--no-progress", "--summary-out",
                str(summary)])
     assert rc == 0 and json.loads(summary.read_text())["grabcut_context"] == 0.5
+
+
+def test_cli_positional_overrides_reach_the_config(tiny_coco, tiny_weights, tmp_path, capsys):
+    rc = main(["pseudo-label", "--boxes", str(tiny_coco / "val.json"), "--images",
+               str(tiny_coco / "images"), "--out", str(tmp_path / "o.json"), "--weights",
+               str(tiny_weights), "--device", "cpu", "--no-progress", "test.no_such_key=1"])
+    assert rc == 2 and "no_such_key" in capsys.readouterr().err
+    assert not (tmp_path / "o.json").exists()
 
 
 def test_output_written_atomically(tiny_coco, tmp_path, monkeypatch):

@@ -1,7 +1,7 @@
 """Typed, frozen configuration: defaults in dataclasses, recipes as YAML deltas, dotted overrides.
 
 A recipe file holds only the keys that differ from the defaults below (the defaults are the
-paper's ResNet-50 COCO recipe, METHOD.md §1, §6, §7)::
+paper's ResNet-50 COCO recipe, docs/method.md §1, §6, §7)::
 
     model:
       num_classes: 20
@@ -11,13 +11,16 @@ paper's ResNet-50 COCO recipe, METHOD.md §1, §6, §7)::
 
 Command-line overrides use dotted keys, e.g. ``solver.lr=0.02 data.batch_size=4``; values are
 parsed as YAML scalars/lists. Unknown keys raise :class:`ConfigError` with a "did you mean" hint.
-Config keys equal the keyword names of the constructors they feed (``modeling/build.py``).
+Config keys equal the keyword names of the constructors they feed (``modeling/build.py``); the
+``loss``, ``crf`` and ``corr`` sections are the parameter dataclasses of the modules they
+configure (``LossParams``, ``CRFParams``, ``CorrParams``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import logging
 import re
 import types
 import typing
@@ -27,17 +30,28 @@ from typing import Any
 
 import yaml
 
+from .errors import DiscoboxError
+
+# The only upward imports of the config layer: the ``loss``, ``crf`` and ``corr`` sections are
+# the parameter classes of the modules they configure (no mirror class, no mapper); each of
+# these modules is a leaf that imports nothing.
+from .modeling.boxsup.params import LossParams
+from .modeling.correspondence.params import CorrParams
+from .modeling.crf.params import CRFParams
+
+logger = logging.getLogger("discobox")
+
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
 
-class ConfigError(ValueError):
+class ConfigError(DiscoboxError, ValueError):
     """A bad config file, key or value; the message names the key and the file."""
 
 
 @dataclass(frozen=True)
 class BackboneConfig:
     name: str = "resnet50"  # resnet18/34/50/101, resnext101_32x4d, resnext101_64x4d
-    dcn: bool = False  # DCNv2 in stages 2-4 (METHOD.md §2.2)
+    dcn: bool = False  # DCNv2 in stages 2-4 (docs/method.md §2.2)
     weights: str | None = None  # path to a torchvision state dict; None = random init
     frozen_stages: int = 1
     norm_eval: bool = True
@@ -85,75 +99,10 @@ class TestConfig:
 
 
 @dataclass(frozen=True)
-class LossConfig:
-    mode: str = "box"  # "box" (DiscoBox) or "full" (fully supervised upper bound)
-    cls_weight: float = 1.0
-    proj_weight: float = 1.0
-    ts_weight: float = 1.0
-    # "box" (official): L_ts compares the student masked by its dilated box with the teacher;
-    # "image" (ours): the student's whole mask, so mass outside the box is pulled to 0 too
-    ts_region: str = "box"
-    # ours, off (None) here and in the paper recipes, 0.5 in the CPU recipe: object i enters
-    # L_ts only while its projection loss is below this (a per-object L_ts gate; criterion.py)
-    ts_object_thresh: float | None = None
-    # ours, off by default: object i's own L_ts term counts only while below this (0..1), i.e.
-    # while the CRF target still agrees with the student's mask (criterion.py)
-    ts_term_max: float | None = None
-    # ours, off (0) by default: weight of loss_outside, the share of each positive's mask mass
-    # outside its box dilated by one pixel (criterion.py)
-    outside_weight: float = 0.0
-    # ours, off (0) by default: L_ts's weight ramps linearly from 0 at iteration 0 to ts_weight
-    # at this iteration (a deterministic warm-up instead of the official gate; teacher.py)
-    ts_ramp_iters: int = 0
-    # ours, off (0) here and in the paper recipes, on in the CPU recipe (random init): a dice
-    # loss on the filled box masks themselves (the "Simple Does It" target), weight
-    # box_warmup_weight at iteration 0 falling linearly to 0 at this iteration, so the
-    # detector and the mask branch start from a dense target (teacher.py box_warmup)
-    box_warmup_iters: int = 0
-    box_warmup_weight: float = 1.0
-    # ours, off (0) by default: box mode, the gradient of the sigmoid of every mask loss never
-    # falls below this, so a mask saturated at 1 (or 0) everywhere can still move (criterion.py)
-    sigmoid_grad_floor: float = 0.0
-    mask_weight: float = 3.0
-    pairwise: bool = False  # BoxInst pairwise colour-affinity term (option)
-    pairwise_weight: float = 1.0
-    focal_alpha: float = 0.25
-    focal_gamma: float = 2.0
-
-
-@dataclass(frozen=True)
-class CRFConfig:
-    mode: str = "faithful"  # "faithful" (official hard colour vote), "meanfield", "none"
-    iters: int = 10
-    kernel_size: int = 3
-    alpha0: float = 2.0
-    theta0: float = 0.5
-    theta1: float = 30.0
-    base: float = 0.1
-    # meanfield mode only (modeling/crf.py): window, kernels, unary clamp, schedule. Defaults
-    # from a sweep of the CRF as a refiner of student masks (BENCHMARKS.md "Mean-field tuning").
-    mf_kernel_size: int = 7
-    mf_dilation: int = 1
-    w_color: float = 1.0
-    theta_color: float = 0.5
-    w_spatial: float = 0.25
-    theta_spatial: float = 1.0
-    prob_clamp: float = 0.2
-    schedule: str = "parallel"  # or "colored": provably monotone, ~4.4x slower
-    hard: bool = False  # binarise the marginals at 0.5 (targets like the faithful mode's)
-    fill_holes: bool = False  # both modes, ours: target 1 on background enclosed by foreground
-    # both modes, ours: target 1 where foreground lies on both sides in the row or the column
-    # (a filled-shape prior for compact objects; modeling/crf.py fill_ortho)
-    fill_ortho: bool = False
-
-
-@dataclass(frozen=True)
 class TeacherConfig:
     enabled: bool = True
     momentum: float = 0.999
     start_iter: int = 13000
-    # ours, for short schedules: momentum min(m, (1+n)/(10+n)) at the n-th update (teacher.py)
-    warmup: bool = False
 
 
 @dataclass(frozen=True)
@@ -163,38 +112,6 @@ class GatesConfig:
     momentum: float = 0.9
     ts_thresh: float = 0.3
     corr_thresh: float = 0.2
-
-
-@dataclass(frozen=True)
-class CorrConfig:
-    """Semantic-correspondence branch (METHOD.md §5); keys feed ``ObjectBank`` and
-    ``CorrespondenceBranch`` (``modeling/build.py``)."""
-
-    enabled: bool = True  # the paper's COCO recipes train it; needs loss.mode=box
-    weight: float = 1.0  # loss_corr weight (0.1 in the R-101/X-101 DCN recipes)
-    solver: str = "faithful"  # "faithful" (official cosine + locality) or "sinkhorn" (paper)
-    loss: str = "faithful"  # "faithful" (official double-softmax CE) or "infonce"
-    temperature: float = 0.07
-    num_iters: int = 10
-    num_smooth_iters: int = 1
-    dist_kernel: int = 9
-    sinkhorn_eps: float = 0.05
-    sinkhorn_iters: int = 10
-    sinkhorn_exp: float = 0.5
-    hough: bool = True
-    hough_filter_size: int = 3
-    grad_scale: float = 0.01
-    online_push: bool = False
-    capacity: int = 100
-    fg_iou_thresh: float = 0.7
-    bg_iou_thresh: float = 0.7
-    appear_thresh: float = 0.7
-    ratio_range: tuple[float, float] = (0.9, 1.2)
-    max_retrieval: int = 5
-    min_retrieval: int = 5
-    min_box_size: float = 32
-    selection: str = "first"
-    bank_dtype: str = "float32"  # "float16" halves the bank in checkpoints
 
 
 @dataclass(frozen=True)
@@ -245,11 +162,11 @@ class TrainConfig:
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     test: TestConfig = field(default_factory=TestConfig)
-    loss: LossConfig = field(default_factory=LossConfig)
-    crf: CRFConfig = field(default_factory=CRFConfig)
+    loss: LossParams = field(default_factory=LossParams)
+    crf: CRFParams = field(default_factory=CRFParams)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     gates: GatesConfig = field(default_factory=GatesConfig)
-    corr: CorrConfig = field(default_factory=CorrConfig)
+    corr: CorrParams = field(default_factory=CorrParams)
     data: DataConfig = field(default_factory=DataConfig)
     solver: SolverConfig = field(default_factory=SolverConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -270,9 +187,7 @@ _EXP_FLOAT = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+")
 
 _ENUMS: dict[str, tuple[str, ...]] = {
     "loss.mode": ("box", "full"),
-    "loss.ts_region": ("box", "image"),
     "crf.mode": ("faithful", "meanfield", "none"),
-    "crf.schedule": ("colored", "parallel"),
     "solver.amp": ("fp16", "bf16", "none"),
     "test.kernel": ("gaussian", "linear"),
     "test.refine": ("none", "meanfield", "faithful"),
@@ -281,6 +196,10 @@ _ENUMS: dict[str, tuple[str, ...]] = {
     "corr.selection": ("first", "top"),
     "corr.bank_dtype": ("float32", "float16"),
 }
+
+
+# numeric keys that must not be negative (checked when a file or an override sets them)
+_NON_NEGATIVE = ("loss.box_warmup_iters", "loss.box_warmup_weight")
 
 
 def _to_plain(value: Any) -> Any:
@@ -351,7 +270,27 @@ def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
     raise ConfigError(f"{source}: unsupported type for {key!r}")
 
 
+# Options measured worse and deleted (BENCHMARKS.md "Ablation: every option tried, and its
+# verdict"), each with the value that behaves as the code does now. A checkpoint's stored config
+# may still hold them: config_from_dict drops them there; a user's file or override gets an error.
+REMOVED_KEYS: dict[str, Any] = {
+    "loss.ts_region": "box",
+    "loss.ts_object_thresh": None,
+    "loss.ts_term_max": None,
+    "loss.outside_weight": 0.0,
+    "loss.ts_ramp_iters": 0,
+    "teacher.warmup": False,
+    "crf.fill_holes": False,
+    "crf.fill_ortho": False,
+    "crf.schedule": "parallel",
+}
+
+
 def _unknown_key(key: str, candidates: list[str], source: str) -> ConfigError:
+    if key in REMOVED_KEYS:
+        return ConfigError(
+            f"{source}: config key {key!r} was removed (measured worse; BENCHMARKS.md "
+            f"\"Ablation: every option tried, and its verdict\")")
     close = difflib.get_close_matches(key.split(".")[-1], candidates, n=1, cutoff=0.6)
     prefix = key.rsplit(".", 1)[0] + "." if "." in key else ""
     hint = f"; did you mean {prefix + close[0]!r}?" if close else ""
@@ -371,6 +310,8 @@ def _merge(base: Any, delta: dict[str, Any], *, prefix: str, source: str) -> Any
             changes[name] = _merge(current, value, prefix=key, source=source)
         else:
             changes[name] = _coerce(value, tp, key, source)
+            if key in _NON_NEGATIVE and changes[name] < 0:
+                raise ConfigError(f"{source}: {key!r} must be >= 0, got {value!r}")
     return dataclasses.replace(base, **changes)
 
 
@@ -452,5 +393,18 @@ def load_config(
 
 
 def config_from_dict(data: dict[str, Any], source: str = "checkpoint") -> Config:
-    """Rebuild a Config from :meth:`Config.to_dict` output (e.g. stored in a checkpoint)."""
+    """Rebuild a Config from :meth:`Config.to_dict` output (e.g. stored in a checkpoint).
+
+    Keys of :data:`REMOVED_KEYS` (a checkpoint written before their removal) are dropped, with a
+    warning when the stored value differed from today's behaviour; any other unknown key raises
+    :class:`ConfigError`.
+    """
+    data = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
+    for key, current in REMOVED_KEYS.items():
+        section, name = key.split(".")
+        if isinstance(data.get(section), dict) and name in data[section]:
+            value = data[section].pop(name)
+            if value != current:
+                logger.warning("%s: ignoring the removed config key %s=%r (training-only; "
+                               "behaves as %r now)", source, key, value, current)
     return _merge(Config(), data, prefix="", source=source)

@@ -1,8 +1,8 @@
 """Data containers passed between the data pipeline, the model and the evaluators.
 
-Conventions (see DESIGN.md): boxes are ``float32[N, 4]`` xyxy in absolute pixels of the image they
-belong to; masks are ``bool[N, H, W]``; images are ``float32[B, 3, H, W]`` RGB in 0..255 and are
-normalised inside the model.
+Conventions: boxes are ``float32[N, 4]`` xyxy in absolute pixels of the image they belong to;
+masks are ``bool[N, H, W]``; images are ``float32[B, 3, H, W]`` RGB in 0..255 and are normalised
+inside the model.
 """
 
 from __future__ import annotations
@@ -90,7 +90,7 @@ class ImageBatch:
     Attributes:
         images: ``float32[B, 3, H, W]`` RGB 0..255; H and W are multiples of 32. Padding (bottom and
             right) holds the per-channel pixel mean, so that it is 0 after normalisation, as in the
-            official pipeline (METHOD.md §3.1 step 7).
+            official pipeline (docs/method.md §3.1 step 7).
         image_sizes: per image ``(h, w)`` after resize, before padding.
         orig_sizes: per image ``(h, w)`` of the file on disk.
         image_ids: per image dataset id (COCO ``image_id``), ``-1`` where unknown.

@@ -1,4 +1,4 @@
-"""The correspondence branch on fake head outputs (METHOD.md §5, §3.4, §5.7)."""
+"""The correspondence branch on fake head outputs (docs/method.md §5, §3.4, §5.7)."""
 
 import pytest
 import torch
@@ -6,13 +6,16 @@ from corr_helpers import box_targets, fake_head_output
 
 from discobox.modeling.correspondence.branch import CorrespondenceBranch, quarter_boxes
 from discobox.modeling.correspondence.object_bank import ObjectBank
+from discobox.modeling.correspondence.params import CorrParams
+from discobox.modeling.crf.params import CRFParams
 from discobox.structures import Instances
 
 GRIDS = (8, 6, 4, 4, 2)
 
 
-def _branch(**kw):
-    return CorrespondenceBranch(num_classes=3, num_grids=GRIDS, **kw)
+def _branch(crf_mode="faithful", **corr_kw):
+    return CorrespondenceBranch(num_classes=3, num_grids=GRIDS, corr=CorrParams(**corr_kw),
+                                crf=CRFParams(mode=crf_mode))
 
 
 def _bank(**kw):

@@ -107,7 +107,7 @@ def test_voc_exclude_pfpascal(tmp_path, capsys):
                str(tmp_path), "--out", str(out)])
     assert rc == 0
     # test pairs use 2008_000001..4 (000004 absent from the list); the trn image 2009_000005
-    # stays (the official tool would have removed it instead, METHOD.md §12.9).
+    # stays (the official tool would have removed it instead, docs/method.md §12.9).
     assert out.read_text().splitlines() == ["2009_000005", "2010_000123"]
     assert "kept 2 of 4" in capsys.readouterr().out
     rc = main(["voc-exclude-pfpascal", "--voc-list", str(voc), "--pfpascal-root",

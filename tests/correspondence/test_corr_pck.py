@@ -1,4 +1,4 @@
-"""PCK with image-size and box normalisation, per image and per keypoint (METHOD.md §8.4-8.5)."""
+"""PCK with image-size and box normalisation, per image and per keypoint (docs/method.md §8.4)."""
 
 from pathlib import Path
 

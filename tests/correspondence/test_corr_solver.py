@@ -1,4 +1,4 @@
-"""Correspondence solvers, losses and CRF evidence (METHOD.md §5.4-5.6)."""
+"""Correspondence solvers, losses and CRF evidence (docs/method.md §5.4-5.6)."""
 
 import math
 

@@ -7,7 +7,8 @@ import pytest
 import torch
 from pycocotools import mask as mask_utils
 
-from discobox.data.coco import CocoDataset, ImageReadError, read_image
+from discobox.data.coco import CocoDataset
+from discobox.data.images import ImageReadError, read_image
 
 
 def _write_image(path, h, w, seed=0):

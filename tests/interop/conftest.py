@@ -1,7 +1,7 @@
 """Fixtures for the interoperability tests: official-layout checkpoints and a tiny VOC + SBD tree.
 
-The official state dicts are written from METHOD.md §9 directly (key names and shapes), not from
-our model, so the converter is tested against the specification.
+The official state dicts are written from docs/method.md §9 directly (key names and shapes), not
+from our model, so the converter is tested against the specification.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ def official_state_dict(
     device: str = "cpu",
     seed: int = 0,
 ) -> dict[str, torch.Tensor]:
-    """An mmdet DiscoBox ``state_dict`` with the key names and shapes of METHOD.md §9.
+    """An mmdet DiscoBox ``state_dict`` with the key names and shapes of docs/method.md §9.
 
     Random values (meta tensors when ``device="meta"``); DCN adds ``conv_offset`` to conv2 of
     layer2-4, to every mask-feature conv (1x1 for ``conv_pred.0``) and to every tower conv.

@@ -1,4 +1,4 @@
-"""Official checkpoint conversion (METHOD.md §9): key table, shapes, strictness, bad files."""
+"""Official checkpoint conversion (docs/method.md §9): key table, shapes, strictness, bad files."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from discobox.checkpoint.convert import (
 from discobox.checkpoint.load import load_model
 from discobox.cli.main import main
 from discobox.config import load_config
+from discobox.errors import DiscoboxError
 
 # Grid sizes are not weights: small grids keep the 512-channel towers cheap on CPU.
 SMALL_GRIDS = ["model.num_grids=[8,6,4,3,2]"]
@@ -181,6 +182,8 @@ def test_truncated_file(official_r50, tmp_path):
     with pytest.raises(RuntimeError, match="truncated.pth"):
         convert_checkpoint(cut, tmp_path / "out.pth")
     assert not (tmp_path / "out.pth").exists()
+    with pytest.raises(DiscoboxError, match="checkpoint not found: .*absent.pth"):
+        convert_checkpoint(tmp_path / "absent.pth", tmp_path / "out.pth")
 
 
 def test_cli_convert(official_r50, tmp_path, capsys):

@@ -1,4 +1,4 @@
-"""COCO segm results -> BBTP .mat (METHOD.md §8.3) on the tiny VOC tree."""
+"""COCO segm results -> BBTP .mat (docs/method.md §8.3) on the tiny VOC tree."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 from scipy.io import loadmat, whosmat
 
 from discobox.cli.main import main
+from discobox.data.coco_results import encode_mask
 from discobox.data.voc import convert_voc
-from discobox.engine.evaluator import encode_mask
 from discobox.tools.json2mat import results_to_mat
 
 

@@ -1,4 +1,4 @@
-"""VOC 2012 + SBD -> COCO-style jsons (METHOD.md §8.3) on a tiny hand-made tree."""
+"""VOC 2012 + SBD -> COCO-style jsons (docs/method.md §8.3) on a tiny hand-made tree."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from discobox.cli.main import main
-from discobox.data.coco import CocoDataset, decode_segmentation
+from discobox.data.coco import CocoDataset
+from discobox.data.segmentation import decode_segmentation
 from discobox.data.voc import (
     TRAIN_AUG_JSON,
     TRAIN_JSON,

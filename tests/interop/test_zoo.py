@@ -1,4 +1,4 @@
-"""Model zoo: provenance data (METHOD.md §10) and weights hash verification."""
+"""Model zoo: provenance data (docs/method.md §10) and weights hash verification."""
 
 from __future__ import annotations
 

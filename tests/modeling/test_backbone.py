@@ -1,4 +1,4 @@
-"""ResNet / ResNeXt backbone (METHOD.md §2.2, §9.1)."""
+"""ResNet / ResNeXt backbone (docs/method.md §2.2, §9.1)."""
 
 import pytest
 import torch

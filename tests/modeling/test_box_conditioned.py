@@ -1,4 +1,4 @@
-"""Box-conditioned inference (METHOD.md §8.1 reconstruction)."""
+"""Box-conditioned inference (docs/method.md §8.1 reconstruction)."""
 
 import torch
 import torch.nn.functional as F
@@ -11,7 +11,7 @@ from discobox.inference.box_conditioned import (
     box_region,
     paste_matrix,
 )
-from discobox.modeling.crf.pseudo_labels import CRFParams
+from discobox.modeling.crf.params import CRFParams
 from discobox.modeling.solov2.outputs import HeadOutput
 from discobox.modeling.solov2.targets import assign_best_targets
 from discobox.structures import Instances

@@ -1,21 +1,18 @@
-"""CRF pseudo-labels: the faithful official arithmetic and the true mean-field mode (§4.3)."""
+"""CRF pseudo-labels: the faithful official arithmetic and the true mean-field mode
+(docs/method.md §4.3, §5.7)."""
 
+import dataclasses
 import math
 
 import numpy as np
 import pytest
 import torch
 
-from discobox.modeling.crf.pseudo_labels import (
-    CRFParams,
-    color_kernel,
-    crf_pseudo_labels,
-    energy,
-    faithful_crf,
-    fill_holes,
-    fill_ortho,
-    meanfield_crf,
-)
+from discobox.modeling.crf.faithful import color_kernel, faithful_crf
+from discobox.modeling.crf.meanfield import energy, meanfield_crf, meanfield_kernel, unary_logit
+from discobox.modeling.crf.params import CRFParams
+from discobox.modeling.crf.pseudo_labels import crf_pseudo_labels
+from discobox.modeling.crf.window import lattice_window_sum, offsets, window_sum
 
 
 def _two_region_image(h=12, w=12, seed=0):
@@ -32,6 +29,26 @@ def _box_masks(h, w, spans):
     for i, (y0, y1, x0, x1) in enumerate(spans):
         boxes[i, y0:y1, x0:x1] = 1
     return boxes
+
+
+def _colored_meanfield(probs, box, image, params):
+    """Reference schedule of :func:`meanfield_crf`: the same update on the pixel classes
+    ``(y mod P, x mod P)``, ``P = (mf_kernel_size // 2) * mf_dilation + 1``, one class after
+    another. No two pixels of a class are neighbours, so each step exactly minimises
+    :func:`energy` over its class: the energy never increases (block-coordinate descent)."""
+    m = box.float()
+    kernel = meanfield_kernel(image, params=params)
+    unary = unary_logit(probs, params, None)
+    q = torch.sigmoid(unary) * m
+    ks, dil = params.mf_kernel_size, params.mf_dilation
+    period = (ks // 2) * dil + 1
+    for _ in range(params.iters):
+        for a in range(period):
+            for b in range(period):
+                field = lattice_window_sum(kernel, 2.0 * q - 1.0, ks, dil, a, b, period)
+                cls = (..., slice(a, None, period), slice(b, None, period))
+                q[cls] = torch.sigmoid(unary[cls] + field) * m[cls]
+    return q
 
 
 def _hard_vote(probs, box, image, *, iters=10, alpha0=2.0, theta0=0.5, theta1=30.0):
@@ -84,7 +101,7 @@ def test_faithful_crf_equals_hard_colour_vote(seed):
     box = torch.zeros((2, 12, 12))
     box[0, 1:11, 2:12] = 1
     box[1, 3:9, 0:8] = 1
-    got = faithful_crf(probs, box, color_kernel(img), iters=10)
+    got = faithful_crf(probs, box, color_kernel(img), params=CRFParams(iters=10))
     assert got.shape == (2, 12, 12) and set(got.unique().tolist()) <= {0.0, 1.0}
     for n in range(2):
         ref = _hard_vote(probs[n], box[n], img, iters=10)
@@ -104,28 +121,38 @@ def test_faithful_crf_never_foreground_outside_box():
         assert float(y.sum()) > 0
 
 
-def test_meanfield_energy_decreases():
+def test_meanfield_energy_decreases_and_parallel_matches_colored():
+    """The colored schedule descends :func:`energy` at every sweep (which checks the energy and
+    the kernel against the update); the parallel schedule, the one used, descends here too and
+    reaches the same fixed point."""
     g = torch.Generator().manual_seed(0)
     img = torch.randn((3, 10, 12), generator=g) * 0.5
     probs = torch.rand((2, 10, 12), generator=g)
     box = torch.zeros((2, 10, 12))
     box[0, 1:9, 2:11] = 1
     box[1, 0:6, 0:7] = 1
-    kw = {"w_color": 2.0, "theta_color": 0.5, "w_spatial": 0.5, "theta_spatial": 1.0,
-          "kernel_size": 3}
+    p = CRFParams(w_color=2.0, theta_color=0.5, w_spatial=0.5, theta_spatial=1.0,
+                  mf_kernel_size=3)
     energies = []
     for iters in range(7):
-        q = meanfield_crf(probs, box, img, iters=iters, schedule="colored", **kw)
+        q = _colored_meanfield(probs, box, img, dataclasses.replace(p, iters=iters))
         assert q.min() >= 0 and q.max() <= 1 and float((q * (1 - box)).sum()) == 0
-        energies.append(energy(q, probs, box, img, **kw))
+        energies.append(energy(q, probs, box, img, params=p))
     e = torch.stack(energies)  # [iters, N]
     assert (e[1:] <= e[:-1] + 1e-4).all(), e
     assert (e[-1] < e[0] - 1e-2).all()  # and it actually moves
+    par = [energy(meanfield_crf(probs, box, img, params=dataclasses.replace(p, iters=i)),
+                  probs, box, img, params=p) for i in range(7)]
+    assert (torch.stack(par)[1:] <= torch.stack(par)[:-1] + 1e-4).all()  # here it descends too
+    long = dataclasses.replace(p, iters=20)  # both at their fixed point
+    torch.testing.assert_close(meanfield_crf(probs, box, img, params=long),
+                               _colored_meanfield(probs, box, img, long), atol=1e-3, rtol=0)
     # dilated neighbourhood (3 x 3 colour classes) also descends
-    q0 = meanfield_crf(probs, box, img, iters=0, dilation=2, schedule="colored", **kw)
-    q3 = meanfield_crf(probs, box, img, iters=3, dilation=2, schedule="colored", **kw)
-    e0 = energy(q0, probs, box, img, dilation=2, **kw)
-    e3 = energy(q3, probs, box, img, dilation=2, **kw)
+    pd = dataclasses.replace(p, mf_dilation=2)
+    e0 = energy(_colored_meanfield(probs, box, img, dataclasses.replace(pd, iters=0)), probs,
+                box, img, params=pd)
+    e3 = energy(_colored_meanfield(probs, box, img, dataclasses.replace(pd, iters=3)), probs,
+                box, img, params=pd)
     assert (e3 <= e0 + 1e-4).all()
 
 
@@ -134,12 +161,9 @@ def test_meanfield_follows_colour_regions():
     probs = torch.full((1, 10, 12), 0.45)
     probs[0, :, :6] = 0.7  # weakly fg on the left colour region, weakly bg on the right
     box = torch.ones((1, 10, 12))
-    q = meanfield_crf(probs, box, img, iters=5, w_color=1.0, schedule="colored")
-    assert float(q[0, :, :6].min()) > 0.9 and float(q[0, :, 6:].max()) < 0.2
-    par = meanfield_crf(probs, box, img, iters=5, w_color=1.0, schedule="parallel")
-    assert par.shape == q.shape and torch.isfinite(par).all()
-    with pytest.raises(ValueError):
-        meanfield_crf(probs, box, img, schedule="random")
+    p = CRFParams(iters=5, w_color=1.0)
+    for q in (meanfield_crf(probs, box, img, params=p), _colored_meanfield(probs, box, img, p)):
+        assert float(q[0, :, :6].min()) > 0.9 and float(q[0, :, 6:].max()) < 0.2
 
 
 def test_crf_pseudo_labels_modes():
@@ -150,13 +174,35 @@ def test_crf_pseudo_labels_modes():
     hard = crf_pseudo_labels(probs, box, img, mode="faithful")
     torch.testing.assert_close(hard, faithful_crf(probs, box, color_kernel(img)))
     soft = crf_pseudo_labels(probs, box, img, mode="meanfield", params=CRFParams(iters=3))
-    torch.testing.assert_close(soft, meanfield_crf(probs, box, img, iters=3))
-    cross = torch.rand((2, 2, 12, 12))
-    assert torch.isfinite(
-        crf_pseudo_labels(probs, box, img, mode="meanfield", cross_term=cross)
-    ).all()
+    torch.testing.assert_close(soft, meanfield_crf(probs, box, img, params=CRFParams(iters=3)))
     with pytest.raises(ValueError):
         crf_pseudo_labels(probs, box, img, mode="dense")
+
+
+@pytest.mark.parametrize("mode", ["faithful", "meanfield"])
+def test_cross_image_term_decides_where_colour_and_unary_are_ambiguous(mode):
+    """One colour everywhere and an ambiguous start: probabilities 0.5 (mean-field), or
+    alternating columns (faithful: every 3x3 neighbourhood is mixed, so both exp(-A_l) are
+    tiny and gamma * G decides, docs/method.md §4.3 "With G"). The cross-image evidence G says
+    foreground on the top half and background on the bottom half; the labels follow it, and
+    differ from those without G (§5.7)."""
+    h, w = 10, 12
+    image = torch.full((3, h, w), 0.3)
+    box = torch.ones((1, h, w))
+    if mode == "meanfield":
+        probs = torch.full((1, h, w), 0.5)
+    else:
+        probs = torch.full((1, h, w), 0.1)
+        probs[0, :, ::2] = 0.9
+    cross = torch.zeros((1, 2, h, w))  # channel 0 background, 1 foreground
+    cross[0, 1, : h // 2] = 0.9
+    cross[0, 0, h // 2 :] = 0.9
+    plain = crf_pseudo_labels(probs, box, image, mode=mode)
+    with_g = crf_pseudo_labels(probs, box, image, mode=mode, cross_term=cross)
+    assert torch.equal(with_g[0] > 0.5, cross[0, 1] > cross[0, 0])
+    assert not torch.equal(plain > 0.5, with_g > 0.5)
+    whole = crf_pseudo_labels(probs, box, image, mode=mode, cross_term=cross, crop=False)
+    torch.testing.assert_close(with_g, whole)
 
 
 @pytest.mark.parametrize("mode", ["faithful", "meanfield"])
@@ -178,14 +224,11 @@ def test_per_box_crop_equals_whole_image(mode):
 @pytest.mark.parametrize("kernel_size,dilation", [(3, 1), (7, 1), (5, 2)])
 def test_lattice_window_sum_equals_offset_loop(kernel_size, dilation):
     """The unfold field of the mean-field update equals the per-offset reference sum, on the
-    whole grid (parallel schedule) and on one colour class (colored schedule)."""
-    from discobox.modeling.crf.meanfield import meanfield_kernel
-    from discobox.modeling.crf.window import lattice_window_sum, offsets, window_sum
-
+    whole grid (parallel schedule) and on one colour class (colored reference schedule)."""
     g = torch.Generator().manual_seed(1)
     x = torch.randn((3, 11, 13), generator=g)
-    kernel = meanfield_kernel(torch.randn((3, 11, 13), generator=g), kernel_size=kernel_size,
-                              dilation=dilation)
+    p = CRFParams(mf_kernel_size=kernel_size, mf_dilation=dilation)
+    kernel = meanfield_kernel(torch.randn((3, 11, 13), generator=g), params=p)
     ref = window_sum(kernel, x, offsets(kernel_size, dilation))
     torch.testing.assert_close(lattice_window_sum(kernel, x, kernel_size, dilation, 0, 0, 1), ref)
     period = (kernel_size // 2) * dilation + 1
@@ -197,16 +240,15 @@ def test_lattice_window_sum_equals_offset_loop(kernel_size, dilation):
 @pytest.mark.parametrize("kernel_size,dilation", [(3, 1), (7, 1), (5, 2)])
 def test_kernels_unfold_form_equals_offset_loop(kernel_size, dilation):
     """The one-unfold kernels (the GPU default) equal the per-offset loops (the CPU default)."""
-    from discobox.modeling.crf.meanfield import meanfield_kernel
-
     img = torch.randn((3, 9, 14), generator=torch.Generator().manual_seed(3))
-    loop = meanfield_kernel(img, kernel_size=kernel_size, dilation=dilation, vectorized=False)
-    vec = meanfield_kernel(img, kernel_size=kernel_size, dilation=dilation, vectorized=True)
+    p = CRFParams(mf_kernel_size=kernel_size, mf_dilation=dilation, kernel_size=kernel_size)
+    loop = meanfield_kernel(img, params=p, vectorized=False)
+    vec = meanfield_kernel(img, params=p, vectorized=True)
     torch.testing.assert_close(vec, loop)
     assert float(vec[kernel_size**2 // 2].abs().max()) == 0.0  # no self-edge
     if dilation == 1:
-        torch.testing.assert_close(color_kernel(img, kernel_size=kernel_size, vectorized=True),
-                                   color_kernel(img, kernel_size=kernel_size, vectorized=False))
+        torch.testing.assert_close(color_kernel(img, params=p, vectorized=True),
+                                   color_kernel(img, params=p, vectorized=False))
 
 
 @pytest.mark.parametrize("mode", ["faithful", "meanfield"])
@@ -214,6 +256,7 @@ def test_kernels_unfold_form_equals_offset_loop(kernel_size, dilation):
 def test_crf_unfold_path_equals_loop_path(mode, crop, monkeypatch):
     """crf_pseudo_labels takes the unfold forms off the CPU; forced on the CPU they give the
     same labels as the loops."""
+    import discobox.modeling.crf.faithful as faithful_mod
     import discobox.modeling.crf.meanfield as mf_mod
     import discobox.modeling.crf.pseudo_labels as crf_mod
     import discobox.modeling.crf.window as window_mod
@@ -226,12 +269,11 @@ def test_crf_unfold_path_equals_loop_path(mode, crop, monkeypatch):
                               (13, 14, 9, 30), (2, 28, 2, 34)])
     boxes[4] = boxes[1]  # two objects of one crop
     cross = torch.rand(n, 2, h, w, generator=g)
-    cases = [(CRFParams(), None), (CRFParams(fill_holes=True), cross),
-             (CRFParams(fill_ortho=True), None),
-             (CRFParams(mf_kernel_size=5, dilation=2, schedule="colored"), None)]
+    cases = [(CRFParams(), None), (CRFParams(), cross),
+             (CRFParams(mf_kernel_size=5, mf_dilation=2, hard=True), None)]
     loops = [crf_pseudo_labels(probs, boxes, image, mode=mode, crop=crop, params=p,
                                cross_term=c) for p, c in cases]
-    for mod in (crf_mod, window_mod, mf_mod):
+    for mod in (crf_mod, window_mod, mf_mod, faithful_mod):
         monkeypatch.setattr(mod, "vectorized_default", lambda x: True)
     for limit in (crf_mod._BATCH_CROP_ELEMS, 2 * 49 * 30 * 36):  # one batch; several
         monkeypatch.setattr(crf_mod, "_BATCH_CROP_ELEMS", limit)
@@ -258,152 +300,23 @@ def test_meanfield_hard_option_binarises_marginals():
     assert float((soft * (1 - soft)).sum()) > 0  # the default really is soft
 
 
-def test_meanfield_config_reaches_params():
-    from discobox.config import load_config
-    from discobox.modeling.build import crf_params
+def test_crf_config_section_is_the_params():
+    """``cfg.crf`` is the :class:`CRFParams` the CRF takes; the refiner's is a copy with its
+    mode and window (``test.refine*``); deleted and misspelt keys and bad modes are rejected."""
+    from discobox.config import ConfigError, load_config
+    from discobox.modeling.build import refine_params
 
     cfg = load_config("discobox_r18_fpn_cpu", {"crf.mf_kernel_size": 5, "crf.hard": True,
-                                               "crf.schedule": "parallel", "crf.prob_clamp": 0.1})
-    p = crf_params(cfg)
-    assert (p.mf_kernel_size, p.hard, p.schedule, p.prob_clamp) == (5, True, "parallel", 0.1)
-    assert not p.fill_holes
-    assert crf_params(load_config("discobox_r18_fpn_cpu", ["crf.fill_holes=true"])).fill_holes
-    assert not p.fill_ortho
-    assert crf_params(load_config("discobox_r18_fpn_cpu", ["crf.fill_ortho=true"])).fill_ortho
+                                               "crf.mf_dilation": 2, "crf.prob_clamp": 0.1,
+                                               "test.refine_kernel_size": 3})
+    p = cfg.crf
+    assert isinstance(p, CRFParams)
+    assert (p.mf_kernel_size, p.hard, p.mf_dilation, p.prob_clamp) == (5, True, 2, 0.1)
     assert p.kernel_size == 3  # the faithful window stays the official one
-    with pytest.raises(ValueError, match="crf.schedule"):
-        load_config("discobox_r18_fpn_cpu", {"crf.schedule": "random"})
-
-
-def test_fill_holes_rings_gaps_and_borders():
-    fg = torch.zeros((4, 9, 9), dtype=torch.bool)
-    fg[0, 1:8, 1:8] = True
-    fg[0, 2:7, 2:7] = False  # a closed square ring: its 5x5 inside is a hole
-    fg[1] = fg[0]
-    fg[1, 1, 4] = False  # the same ring with a gap: nothing is enclosed
-    for k in range(4):  # a diagonal (8-connected) diamond outline around (4, 4)
-        for y, x in [(1 + k, 4 + k), (4 + k, 7 - k), (7 - k, 4 - k), (4 - k, 1 + k)]:
-            fg[2, y, x] = True
-    fg[3, :, 3] = fg[3, :, 6] = True  # two bars from border to border: the strip between
-    fg[3, 0, 3:7] = True  # ... is closed on top but open at the bottom border
-    holes = fill_holes(fg)
-    expected0 = torch.zeros((9, 9), dtype=torch.bool)
-    expected0[2:7, 2:7] = True
-    assert torch.equal(holes[0], expected0)
-    assert not holes[1].any() and not holes[3].any()
-    inside = torch.zeros((9, 9), dtype=torch.bool)
-    for y in range(9):
-        for x in range(9):
-            inside[y, x] = abs(y - 4) + abs(x - 4) < 3
-    assert torch.equal(holes[2], inside)
-    assert fill_holes(torch.zeros((0, 5, 5), dtype=torch.bool)).shape == (0, 5, 5)
-
-
-def test_fill_holes_matches_scipy_on_random_masks():
-    ndimage = pytest.importorskip("scipy.ndimage")
-    g = torch.Generator().manual_seed(0)
-    fg = torch.rand((30, 17, 23), generator=g) < 0.45
-    got = fill_holes(fg)
-    for i in range(fg.shape[0]):
-        filled = ndimage.binary_fill_holes(fg[i].numpy())  # background 4-connected
-        assert np.array_equal(got[i].numpy(), filled & ~fg[i].numpy()), i
-
-
-@pytest.mark.parametrize("mode", ["faithful", "meanfield"])
-def test_crf_fill_holes_option_fills_an_outlined_object(mode):
-    """An object whose inside has the background's colour and only its outline differs (the
-    droplets case): without the option the target keeps the inside as background; with it the
-    inside becomes 1, and the per-box crop still equals the whole-image result."""
-    h, w = 20, 20
-    image = torch.zeros((3, h, w))
-    ring = torch.zeros((h, w), dtype=torch.bool)
-    ring[4:16, 4:16] = True
-    ring[6:14, 6:14] = False
-    image[:, ring] = 2.0  # a dark outline two pixels thick, same grey inside and outside
-    box = torch.zeros((1, h, w))
-    box[0, 4:16, 4:16] = 1
-    probs = torch.where(ring, 0.9, 0.2).unsqueeze(0)  # a student that marks the outline
-    plain = crf_pseudo_labels(probs, box, image, mode=mode)
-    filled = crf_pseudo_labels(probs, box, image, mode=mode, params=CRFParams(fill_holes=True))
-    assert float(plain[0, 8:12, 8:12].max()) < 0.5  # the colour cue alone leaves a hole
-    assert torch.all(filled[0, 6:14, 6:14] == 1)
-    assert torch.all(filled >= plain) and float(filled[0][box[0] == 0].max()) == 0
-    whole = crf_pseudo_labels(probs, box, image, mode=mode, crop=False,
-                              params=CRFParams(fill_holes=True))
-    torch.testing.assert_close(filled, whole)
-
-
-def test_fill_ortho_rings_arcs_and_concave_shapes():
-    """Row/column fill by hand: a ring and a C fill, a box and an L stay, a U's cup fills."""
-    fg = torch.zeros((6, 9, 9), dtype=torch.bool)
-    fg[0, 1:8, 1:8] = True
-    fg[0, 2:7, 2:7] = False  # a closed square ring
-    fg[1] = fg[0]
-    fg[1, :, 7] = False  # ... without its right side: a C
-    fg[2, 2:5, 3:8] = True  # a box
-    fg[3, 1:8, 1] = True
-    fg[3, 7, 1:8] = True  # an L
-    fg[4, 1:8, 1] = fg[4, 1:8, 7] = True
-    fg[4, 7, 1:8] = True  # a U
-    fg[5, 0, 0] = fg[5, 8, 8] = True  # two opposite corners: nothing between them in a row
-    out = fill_ortho(fg)
-    disc = torch.zeros((9, 9), dtype=torch.bool)
-    disc[1:8, 1:8] = True
-    assert torch.equal(out[0], disc)
-    c_fill = disc.clone()
-    c_fill[:, 7] = False  # the C brackets columns 1-6 top to bottom: its inside fills
-    assert torch.equal(out[1], c_fill)
-    assert torch.equal(out[2], fg[2]) and torch.equal(out[3], fg[3])
-    assert torch.equal(out[4], disc)  # the cup is bracketed in every row
-    assert torch.equal(out[5], fg[5])
-    assert fill_ortho(torch.zeros((0, 5, 5), dtype=torch.bool)).shape == (0, 5, 5)
-    with pytest.raises(ValueError, match="fill_ortho"):
-        fill_ortho(torch.zeros((5, 5), dtype=torch.bool))
-
-
-def test_fill_ortho_contains_mask_and_holes_and_keeps_bounding_box():
-    g = torch.Generator().manual_seed(1)
-    fg = torch.rand((40, 13, 17), generator=g) < 0.15
-    fg[:, :2] = False  # empty rows and columns at the edges stay empty
-    fg[:, :, -3:] = False
-    out = fill_ortho(fg)
-    assert torch.all(out >= fg) and torch.all(out >= fill_holes(fg))
-    assert not out[:, :2].any() and not out[:, :, -3:].any()
-    for i in range(fg.shape[0]):
-        ys, xs = torch.nonzero(fg[i], as_tuple=True)
-        oy, ox = torch.nonzero(out[i], as_tuple=True)
-        assert oy.min() >= ys.min() and oy.max() <= ys.max()
-        assert ox.min() >= xs.min() and ox.max() <= xs.max()
-        for y in range(13):  # every filled pixel is bracketed in its row or its column
-            for x in range(17):
-                if out[i, y, x]:
-                    row, col = fg[i, y], fg[i, :, x]
-                    assert (row[: x + 1].any() and row[x:].any()) or \
-                        (col[: y + 1].any() and col[y:].any())
-
-
-@pytest.mark.parametrize("mode", ["faithful", "meanfield"])
-def test_crf_fill_ortho_option_fills_an_arc(mode):
-    """The droplets case with a broken outline (an arc, which fill_holes leaves open): with
-    ``fill_ortho`` the part of the inside the arc spans becomes 1, nothing leaves the box, and
-    the per-box crop equals the whole-image result."""
-    h, w = 20, 20
-    image = torch.zeros((3, h, w))
-    arc = torch.zeros((h, w), dtype=torch.bool)
-    arc[4:16, 4:16] = True
-    arc[6:14, 6:14] = False
-    arc[8:12, 14:16] = False  # a gap in the right side of the outline
-    image[:, arc] = 2.0
-    box = torch.zeros((1, h, w))
-    box[0, 4:16, 4:16] = 1
-    probs = torch.where(arc, 0.9, 0.2).unsqueeze(0)
-    plain = crf_pseudo_labels(probs, box, image, mode=mode)
-    holes = crf_pseudo_labels(probs, box, image, mode=mode, params=CRFParams(fill_holes=True))
-    ortho = crf_pseudo_labels(probs, box, image, mode=mode, params=CRFParams(fill_ortho=True))
-    assert float(plain[0, 8:12, 8:12].max()) < 0.5
-    torch.testing.assert_close(holes, plain)  # the outline is open: fill_holes does nothing
-    assert torch.all(ortho[0, 6:14, 6:14] == 1)  # bracketed by the arc in every column
-    assert torch.all(ortho >= plain) and float(ortho[0][box[0] == 0].max()) == 0
-    whole = crf_pseudo_labels(probs, box, image, mode=mode, crop=False,
-                              params=CRFParams(fill_ortho=True))
-    torch.testing.assert_close(ortho, whole)
+    assert refine_params(cfg.replace(**{"test.refine": "faithful"})) == dataclasses.replace(
+        p, mode="faithful", mf_kernel_size=3)
+    for key in ("crf.schedule", "crf.fill_holes", "crf.fill_ortho", "crf.dilation"):
+        with pytest.raises(ConfigError, match=key.split(".")[1]):
+            load_config("discobox_r18_fpn_cpu", {key: 1})
+    with pytest.raises(ConfigError, match="crf.mode"):
+        load_config("discobox_r18_fpn_cpu", {"crf.mode": "dense"})

@@ -1,13 +1,13 @@
-"""SOLOv2 / DiscoBox criterion on fake head outputs (METHOD.md §3.3, §4.0-§4.4)."""
-
-import math
+"""SOLOv2 / DiscoBox criterion on fake head outputs (docs/method.md §3.3, §4.0-§4.4)."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from discobox.modeling.boxsup.criterion import SOLOv2Criterion, outside_share
+from discobox.modeling.boxsup.criterion import SOLOv2Criterion
 from discobox.modeling.boxsup.losses import dice_loss, focal_loss, projection_loss
+from discobox.modeling.boxsup.params import LossParams
+from discobox.modeling.crf.params import CRFParams
 from discobox.modeling.crf.pseudo_labels import crf_pseudo_labels
 from discobox.modeling.solov2.outputs import HeadOutput
 from discobox.modeling.solov2.targets import assign_targets
@@ -50,8 +50,18 @@ def _f(t):
     return float(t.detach())
 
 
-def _criterion(**kw):
-    return SOLOv2Criterion(num_classes=C, num_grids=GRIDS, **kw)
+def _criterion(crf_mode="faithful", **loss_kw):
+    """A criterion of ``LossParams(**loss_kw)`` whose call returns the loss dict (the stats are
+    checked on the way)."""
+    crit = SOLOv2Criterion(num_classes=C, num_grids=GRIDS, loss=LossParams(**loss_kw),
+                           crf=CRFParams(mode=crf_mode))
+
+    def losses(*args, **kwargs):
+        out, stats = crit(*args, **kwargs)
+        assert set(stats) == {"positives"} and isinstance(stats["positives"], float)
+        return out
+
+    return losses
 
 
 def _backward_ok(losses, out):
@@ -98,81 +108,6 @@ def _manual_ts_targets(out, probs, tgts, imgs):
     return pseudo, F.max_pool2d(tgts[:, None], 3, 1, 1)[:, 0]
 
 
-def _check_per_object_ts_filter(option: str, score) -> torch.Tensor:
-    """Set ``option`` to just above the median of ``score(probs, targets, ts_terms)`` per object:
-    the threshold splits the batch, ``loss_ts`` is the kept objects' terms summed over all
-    objects, ``ts_object_fraction`` the share kept, and the loss reaches the outputs.
-    Returns the per-object ``L_ts`` terms (detached)."""
-    out = _fake_out(seed=1)
-    targets = _targets()
-    probs, tgts, imgs = _manual_positives(out, targets)
-    pseudo, dilated = _manual_ts_targets(out, probs, tgts, imgs)
-    terms = dice_loss(probs * dilated, pseudo).detach()
-    scores = score(probs, tgts, terms).detach()
-    thr = float(scores.median()) + 1e-4
-    kept = scores < thr
-    assert 0 < int(kept.sum()) < len(scores)  # the threshold splits this batch
-    crit = _criterion(**{option: thr})
-    losses = crit(out, targets, ts_active=True)
-    torch.testing.assert_close(losses["loss_ts"], terms[kept].sum() / len(terms))
-    assert crit.ts_object_fraction == pytest.approx(float(kept.float().mean()))
-    _backward_ok(losses, out)
-    return terms
-
-
-def test_per_object_ts_gate():
-    """loss.ts_object_thresh: only objects whose own projection loss is under the threshold
-    enter L_ts, summed over all objects; the share that entered is reported."""
-    targets = _targets()
-    terms = _check_per_object_ts_filter("ts_object_thresh",
-                                        lambda probs, tgts, terms: projection_loss(probs, tgts))
-    # every object under the threshold: the official L_ts; none: zero, still connected
-    everyone = _criterion(ts_object_thresh=10.0)(_fake_out(seed=1), targets, ts_active=True)
-    torch.testing.assert_close(everyone["loss_ts"], terms.mean())
-    nobody_crit = _criterion(ts_object_thresh=1e-6)
-    out2 = _fake_out(seed=1)
-    nobody = nobody_crit(out2, targets, ts_active=True)
-    assert _f(nobody["loss_ts"]) == 0.0 and nobody_crit.ts_object_fraction == 0.0
-    _backward_ok(nobody, out2)
-    with pytest.raises(ValueError, match="ts_object_thresh"):
-        _criterion(ts_object_thresh=0.0)
-
-
-def test_ts_term_guard_drops_objects_whose_crf_target_left_them():
-    """loss.ts_term_max: an object's L_ts term counts only while under the threshold (summed
-    over all objects); the share kept is reported."""
-    targets = _targets()
-    terms = _check_per_object_ts_filter("ts_term_max", lambda probs, tgts, terms: terms)
-    # a threshold of 1 keeps everything (dice terms are < 1): the official L_ts
-    everything = _criterion(ts_term_max=1.0)(_fake_out(seed=1), targets, ts_active=True)
-    torch.testing.assert_close(everything["loss_ts"], terms.mean())
-    for bad in (0.0, 1.5):
-        with pytest.raises(ValueError, match="ts_term_max"):
-            _criterion(ts_term_max=bad)
-
-
-def test_ts_scale_multiplies_l_ts_only_and_zero_skips_the_crf(monkeypatch):
-    """The loss.ts_ramp_iters factor scales L_ts and nothing else; at 0 no CRF is run."""
-    targets = _targets()
-    crit = _criterion(crf_mode="meanfield")
-    full = crit(_fake_out(seed=1), targets, ts_active=True)
-    half = crit(_fake_out(seed=1), targets, ts_active=True, ts_scale=0.5)
-    assert _f(full["loss_ts"]) > 0.05
-    assert _f(half["loss_ts"]) == pytest.approx(0.5 * _f(full["loss_ts"]), rel=1e-6)
-    for key in ("loss_cls", "loss_proj"):
-        assert _f(half[key]) == pytest.approx(_f(full[key]), rel=1e-6), key
-
-    def no_crf(*args, **kwargs):
-        raise AssertionError("the CRF ran although ts_scale is 0")
-
-    monkeypatch.setattr("discobox.modeling.boxsup.criterion.crf_pseudo_labels", no_crf)
-    out = _fake_out(seed=1)
-    off = crit(out, targets, ts_active=True, ts_scale=0.0)
-    assert _f(off["loss_ts"]) == 0.0
-    assert _f(off["loss_proj"]) == pytest.approx(_f(full["loss_proj"]), rel=1e-6)
-    _backward_ok(off, out)
-
-
 def test_box_warmup_is_the_dice_to_the_filled_boxes_scaled(monkeypatch):
     """loss_boxwarm = weight * box_scale * mean_i dice(sigmoid(logits_i), box mask_i), on the
     same positives and box targets as the projection loss; the other losses do not move."""
@@ -189,7 +124,7 @@ def test_box_warmup_is_the_dice_to_the_filled_boxes_scaled(monkeypatch):
     targets = _targets()
     plain = _criterion(crf_mode="none")(_fake_out(seed=2), targets)
     assert "loss_boxwarm" not in plain  # weight 0: off, no key
-    crit = _criterion(crf_mode="none", box_warmup_weight=2.0)
+    crit = _criterion(crf_mode="none", box_warmup_iters=1, box_warmup_weight=2.0)
     out = _fake_out(seed=2)
     warm = crit(out, targets, box_scale=0.75)
     assert seen["targets"].amax() == 1 and seen["targets"].shape[0] >= 3
@@ -203,7 +138,7 @@ def test_box_warmup_is_the_dice_to_the_filled_boxes_scaled(monkeypatch):
     assert float(dice_loss(seen["targets"], seen["targets"]).max()) < 1e-3
 
     # full mode has real masks and ignores the warm-up
-    full = _criterion(mode="full", crf_mode="none", box_warmup_weight=2.0)
+    full = _criterion(mode="full", crf_mode="none", box_warmup_iters=1, box_warmup_weight=2.0)
     assert set(full(_fake_out(seed=2), _targets(with_masks=True), box_scale=1.0)) == {
         "loss_cls", "loss_mask"}
 
@@ -219,42 +154,10 @@ def test_box_warmup_is_the_dice_to_the_filled_boxes_scaled(monkeypatch):
         _criterion(box_warmup_weight=-1.0)
 
 
-def test_outside_share_by_hand():
-    # a 3x3 box at rows/cols 2..4 of an 8x8 map; dilated by one pixel: rows/cols 1..5
-    box = torch.zeros(1, 8, 8)
-    box[0, 2:5, 2:5] = 1
-    probs = torch.zeros(1, 8, 8)
-    probs[0, 3, 3] = 0.8  # inside
-    probs[0, 1, 5] = 0.4  # in the dilation ring: not outside
-    probs[0, 7, 0] = 0.6  # outside
-    assert float(outside_share(probs, box)[0]) == pytest.approx(0.6 / 1.8, rel=1e-5)
-    # a share: scaling the mask does not change it, so shrinking is not rewarded
-    assert float(outside_share(0.5 * probs, box)[0]) == pytest.approx(0.6 / 1.8, rel=1e-5)
-
-
-def test_outside_loss_pulls_spill_back_and_is_off_by_default():
+def test_box_mode_matches_manual_computation():
     out = _fake_out(seed=1)
     targets = _targets()
-    assert "loss_outside" not in _criterion()(out, targets)
-    probs, tgts, _ = _manual_positives(out, targets)
-    losses = _criterion(outside_weight=2.0)(out, targets)
-    torch.testing.assert_close(losses["loss_outside"], 2.0 * outside_share(probs, tgts).mean())
-    _backward_ok(losses, out)
-    # its gradient lowers the mask outside the box and raises it inside
-    logits = torch.zeros(1, 8, 8, requires_grad=True)
-    box = torch.zeros(1, 8, 8)
-    box[0, 2:5, 2:5] = 1
-    outside_share(torch.sigmoid(logits), box).sum().backward()
-    assert float(logits.grad[0, 7, 7]) > 0 and float(logits.grad[0, 3, 3]) < 0
-    with pytest.raises(ValueError, match="outside_weight"):
-        _criterion(outside_weight=-1.0)
-
-
-@pytest.mark.parametrize("ts_region", ["box", "image"])
-def test_box_mode_matches_manual_computation(ts_region):
-    out = _fake_out(seed=1)
-    targets = _targets()
-    losses = _criterion(ts_region=ts_region)(out, targets, ts_active=True)
+    losses = _criterion()(out, targets, ts_active=True)
     levels = assign_targets(targets, padded_size=(H, W), num_classes=C, num_grids=GRIDS)
     assert levels[1].grid_index.numel() > 0  # the 56 px box sits in two levels
     probs, tgts, imgs = _manual_positives(out, targets)
@@ -262,9 +165,9 @@ def test_box_mode_matches_manual_computation(ts_region):
     # loss_ts with the student as its own teacher: Y = CRF(S, M), dice(S * maxpool(M), Y)
     pseudo, dilated = _manual_ts_targets(out, probs, tgts, imgs)
     boxed = dice_loss(probs * dilated, pseudo).mean()
-    whole = dice_loss(probs, pseudo).mean()  # ts_region=image: mass outside the box counts
-    assert _f(whole) > _f(boxed) + 0.01  # the random student spills out of its boxes
-    torch.testing.assert_close(losses["loss_ts"], boxed if ts_region == "box" else whole)
+    whole = dice_loss(probs, pseudo).mean()
+    assert _f(whole) > _f(boxed) + 0.01  # the random student spills out of its boxes: D_i counts
+    torch.testing.assert_close(losses["loss_ts"], boxed)
     # loss_cls: focal over every cell / (unique positives + 1)
     logits = torch.cat([c.permute(0, 2, 3, 1).reshape(-1, C) for c in out.cate_logits])
     labels = torch.cat([t.cate_labels.reshape(-1) for t in levels])
@@ -278,7 +181,7 @@ def test_box_mode_matches_manual_computation(ts_region):
 def test_ts_loss_with_teacher(crf_mode):
     out = _fake_out(seed=2)
     teacher = _fake_out(seed=3)
-    crit = _criterion(crf_mode=crf_mode, use_pairwise=True)
+    crit = _criterion(crf_mode=crf_mode, pairwise=True)
     losses = crit(out, _targets(), teacher_out=teacher, ts_active=True, image_sizes=[(60, 62)] * 2)
     assert set(losses) == {"loss_cls", "loss_proj", "loss_ts", "loss_pairwise"}
     assert 0 < _f(losses["loss_ts"]) < 2 and _f(losses["loss_pairwise"]) > 0
@@ -297,7 +200,7 @@ def test_crf_none_gives_zero_ts():
 def test_empty_batch_is_finite_zero_and_connected(mode):
     out = _fake_out(seed=4)
     empty = [Instances.empty(with_masks=mode == "full", size=(60, 62)) for _ in range(2)]
-    losses = _criterion(mode=mode, use_pairwise=mode == "box")(out, empty, ts_active=True)
+    losses = _criterion(mode=mode, pairwise=mode == "box")(out, empty, ts_active=True)
     for k, v in losses.items():
         assert torch.isfinite(v) and v.requires_grad, k
         if k != "loss_cls":
@@ -340,15 +243,14 @@ def test_bad_arguments():
         _criterion(mode="points")
     with pytest.raises(ValueError):
         _criterion(crf_mode="dense")
-    with pytest.raises(ValueError, match="ts_region"):
-        _criterion(ts_region="crop")
     with pytest.raises(ValueError):
         SOLOv2Criterion(num_classes=C, num_grids=(8, 6), scale_ranges=((1, 2),))
-    assert math.isclose(_criterion().mask_weight, 3.0)
+    with pytest.raises(ValueError, match="box_warmup_iters"):
+        _criterion(box_warmup_iters=-1)
 
 
 def test_sigmoid_grad_floor_moves_saturated_masks():
-    """loss.sigmoid_grad_floor: masks at logit ~ +40 everywhere (the collapsed droplets run):
+    """loss.sigmoid_grad_floor: masks at logit ~ +40 everywhere (a collapsed run):
     same loss values, but the mask losses reach the features only with the floor."""
 
     def run(floor):
@@ -357,8 +259,8 @@ def test_sigmoid_grad_floor_moves_saturated_masks():
             out.mask_feat.copy_(out.mask_feat.abs() + 5.0)
             for k in out.kernels:
                 k.copy_(k.abs() + 1.0)  # every logit >= 40
-        crit = _criterion(box_warmup_weight=1.0, sigmoid_grad_floor=floor,
-                          ts_object_thresh=None, crf_mode="meanfield")
+        crit = _criterion(box_warmup_iters=1, box_warmup_weight=1.0, sigmoid_grad_floor=floor,
+                          crf_mode="meanfield")
         losses = crit(out, _targets(), ts_active=True, box_scale=1.0)
         mask_losses = losses["loss_proj"] + losses["loss_ts"] + losses["loss_boxwarm"]
         mask_losses.backward()
@@ -371,3 +273,22 @@ def test_sigmoid_grad_floor_moves_saturated_masks():
     assert plain_grad < 1e-10 < 1e-4 < floored_grad
     with pytest.raises(ValueError, match="sigmoid_grad_floor"):
         _criterion(sigmoid_grad_floor=0.25)
+
+
+def test_extra_ts_terms_add_their_mean_to_l_ts_while_it_is_on():
+    """The correspondence branch's cross-image CRF terms (§5.7) enter L_ts as a second mean;
+    with the L_ts gate shut they are ignored. The call leaves the criterion unchanged."""
+    crit = SOLOv2Criterion(num_classes=C, num_grids=GRIDS)
+    before = dict(vars(crit))
+    base, stats = crit(_fake_out(seed=1), _targets(), ts_active=True)
+    extra = torch.tensor([0.2, 0.4, 0.9], requires_grad=True)
+    out = _fake_out(seed=1)
+    with_extra, _ = crit(out, _targets(), ts_active=True, extra_ts_terms=extra)
+    assert _f(with_extra["loss_ts"]) == pytest.approx(_f(base["loss_ts"]) + 0.5, rel=1e-6)
+    with_extra["loss_ts"].backward()
+    torch.testing.assert_close(extra.grad, torch.full((3,), 1 / 3))
+    shut, _ = crit(_fake_out(seed=1), _targets(), extra_ts_terms=extra)
+    assert _f(shut["loss_ts"]) == 0.0
+    probs, _, _ = _manual_positives(_fake_out(seed=1), _targets())
+    assert stats["positives"] == float(len(probs)) > 4  # cells with a non-empty box target
+    assert vars(crit).keys() == before.keys()

@@ -1,4 +1,4 @@
-"""DCNv2 module (METHOD.md §9.1): mmcv ModulatedDeformConv2dPack semantics."""
+"""DCNv2 module (docs/method.md §9.1): mmcv ModulatedDeformConv2dPack semantics."""
 
 import pytest
 import torch

@@ -1,4 +1,4 @@
-"""mmdet-style FPN (METHOD.md §2.3, §9.2)."""
+"""mmdet-style FPN (docs/method.md §2.3, §9.2)."""
 
 import torch
 import torch.nn.functional as F

@@ -1,4 +1,4 @@
-"""Loss functions (METHOD.md §4.1, §4.2) and the optional BoxInst pairwise term."""
+"""Loss functions (docs/method.md §4.1, §4.2) and the optional BoxInst pairwise term."""
 
 import math
 

@@ -1,4 +1,4 @@
-"""Mask-feature head (METHOD.md §2.6, §9.3)."""
+"""Mask-feature head (docs/method.md §2.6, §9.3)."""
 
 import torch
 

@@ -1,11 +1,11 @@
-"""SOLOv2 post-processing (METHOD.md §2.5 item 7, §7)."""
+"""SOLOv2 post-processing (docs/method.md §2.5 item 7, §7)."""
 
 import math
 
 import pytest
 import torch
 
-from discobox.modeling.crf.pseudo_labels import CRFParams
+from discobox.modeling.crf.params import CRFParams
 from discobox.modeling.solov2.outputs import HeadOutput
 from discobox.modeling.solov2.postprocess import (
     SOLOv2PostProcessor,

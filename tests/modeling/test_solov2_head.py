@@ -1,4 +1,4 @@
-"""SOLOv2 category/kernel head (METHOD.md §2.4, §2.5, §2.7, §2.8, §9.4)."""
+"""SOLOv2 category/kernel head (docs/method.md §2.4, §2.5, §2.7, §2.8, §9.4)."""
 
 import math
 

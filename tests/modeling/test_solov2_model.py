@@ -1,4 +1,4 @@
-"""SOLOv2 composition (METHOD.md §2.1, §9): shapes, normalisation, official key names."""
+"""SOLOv2 composition (docs/method.md §2.1, §9): shapes, normalisation, official key names."""
 
 import pytest
 import torch

@@ -1,4 +1,4 @@
-"""Box masks, ¼-res targets and SOLOv2 target assignment (METHOD.md §3.1-§3.4)."""
+"""Box masks, ¼-res targets and SOLOv2 target assignment (docs/method.md §3.1-§3.4)."""
 
 import cv2
 import numpy as np

@@ -1,10 +1,10 @@
-"""Official DiscoBox checkpoints (mmdet 2.10 / mmcv) -> discobox checkpoints; ``discobox convert``.
+"""Official DiscoBox checkpoints (mmdet 2.10 / mmcv) -> discobox checkpoints.
 
 An official checkpoint is mmcv's container ``{"meta": {...}, "state_dict": {...}, ["optimizer"]}``
 whose keys start with ``backbone.``, ``neck.``, ``mask_feat_head.`` and ``bbox_head.``
-(METHOD.md §9). Our modules keep the official attribute names (``modeling/solov2.py``), so the key
-table is the identity on those four prefixes. :data:`KEY_RENAMES` and :data:`IGNORED_KEYS` below
-are the whole table; nothing else edits key strings:
+(docs/method.md §9). Our modules keep the official attribute names (``modeling/solov2/``), so
+the key table is the identity on those four prefixes. :data:`KEY_RENAMES` and
+:data:`IGNORED_KEYS` below are the whole table; nothing else edits key strings:
 
 - renames (older writers of the same architecture): a ``module.`` prefix (saved from a
   ``DataParallel`` wrapper); ``conv_offset_mask`` (mmcv < 1.0 name of the DCNv2 offset/mask conv,
@@ -18,13 +18,12 @@ are the whole table; nothing else edits key strings:
 Every mapped tensor's shape is checked against the model of the chosen config; unmapped source
 keys, missing model keys and shape mismatches are reported by name and, in strict mode (the
 default), raise :class:`ConversionError`. Missing ``num_batches_tracked`` counters are filled
-with 0 (older checkpoints lack them). Without ``--config`` the recipe is inferred from the
+with 0 (older checkpoints lack them). Without a config the recipe is inferred from the
 tensor shapes (depth, ResNeXt groups, DCN, number of classes).
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
 import re
 from collections.abc import Mapping
@@ -36,6 +35,7 @@ import torch
 from torch import Tensor
 
 from ..config import Config, available_recipes, config_from_dict, load_config
+from ..errors import DiscoboxError, MissingFileError
 from ..modeling.build import build_model
 from ..modeling.solov2.backbone import ARCHS
 from .io import atomic_save, load_checkpoint_file
@@ -68,7 +68,7 @@ _IGNORED = tuple((re.compile(p), why) for p, why in IGNORED_KEYS)
 _MAX_LISTED = 12
 
 
-class ConversionError(RuntimeError):
+class ConversionError(DiscoboxError, RuntimeError):
     """A checkpoint cannot be mapped onto the model; the message names the keys."""
 
 
@@ -343,7 +343,7 @@ def convert_checkpoint(
     config: str | Path | Config | None = None,
     strict: bool = True,
 ) -> ConversionReport:
-    """``discobox convert``: read an official checkpoint, write ours atomically.
+    """Read an official checkpoint, write ours atomically (``discobox convert``).
 
     The output is ``{"model": state_dict, "config": cfg.to_dict(), "source": {...},
     "sha256": <sha256 of src>}``; it loads with ``discobox.load_model(dst)`` without a config.
@@ -351,6 +351,8 @@ def convert_checkpoint(
     """
 
     src = Path(src)
+    if not src.is_file():
+        raise MissingFileError(f"checkpoint not found: {src}")
     digest = verify_weights(src) or sha256_file(src)
     obj = load_checkpoint_file(src)
     if "model" in obj and isinstance(obj.get("config"), dict):
@@ -366,27 +368,3 @@ def convert_checkpoint(
                  "sha256": digest}, dst)
     logger.info("wrote %s: %s", dst, report.summary())
     return report
-
-
-def cmd_convert(args: argparse.Namespace) -> int:
-    from ..engine.log import setup_logger
-
-    setup_logger()
-    report = convert_checkpoint(args.src, args.dst, config=args.config, strict=args.strict)
-    print(f"wrote {args.dst}: {report.summary()}")
-    return 0
-
-
-def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``discobox convert official.pth ours.pth [--config NAME] [--no-strict]``."""
-    p = subparsers.add_parser(
-        "convert", help="convert an official DiscoBox (mmdet) checkpoint to a discobox one"
-    )
-    p.add_argument("src", help="official checkpoint (mmcv: meta + state_dict)")
-    p.add_argument("dst", help="output checkpoint (model + config + provenance)")
-    p.add_argument("--config", default=None,
-                   help="recipe name or YAML (default: inferred from the tensor shapes)")
-    p.add_argument("--no-strict", dest="strict", action="store_false",
-                   help="allow unmapped, missing or mismatched keys (reported, not fatal)")
-    p.set_defaults(func=cmd_convert)
-

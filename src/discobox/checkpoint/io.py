@@ -2,8 +2,8 @@
 
 A checkpoint holds everything needed to continue a run bit-for-bit on the same hardware: model,
 optimizer, LR scheduler, AMP scaler, EMA teacher and loss gates (both lost on resume in the
-official code, METHOD.md §12.7), iteration, RNG states and the resolved config. ``last_checkpoint``
-in the output folder names the newest one; ``--resume`` reads it.
+official code, docs/method.md §12.7), iteration, RNG states and the resolved config.
+``last_checkpoint`` in the output folder names the newest one; ``--resume`` reads it.
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ from typing import IO, Any
 
 import numpy as np
 import torch
+
+from ..errors import CheckpointError, MissingFileError
 
 LAST = "last_checkpoint"
 
@@ -102,11 +104,11 @@ def load_checkpoint_file(path: str | Path, map_location: str | torch.device = "c
     """Load a checkpoint; a truncated or foreign file gives an error naming the path."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
+        raise MissingFileError(f"checkpoint not found: {path}")
     try:
         obj = torch.load(path, map_location=map_location, weights_only=False)
     except Exception as exc:  # noqa: BLE001 - re-raised with the path
-        raise RuntimeError(f"cannot read checkpoint {path}: {exc}") from exc
+        raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from exc
     if not isinstance(obj, dict):
-        raise RuntimeError(f"checkpoint {path} does not hold a dict (got {type(obj).__name__})")
+        raise CheckpointError(f"checkpoint {path} does not hold a dict (got {type(obj).__name__})")
     return obj

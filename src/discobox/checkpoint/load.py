@@ -14,6 +14,7 @@ from ..config import (
     load_config,
     parse_cli_overrides,
 )
+from ..errors import CheckpointError
 from ..modeling.build import build_model
 from ..modeling.solov2.model import SOLOv2
 from .convert import maybe_convert_official
@@ -27,7 +28,8 @@ def _state_dict_of(obj: dict, path: Path) -> dict[str, torch.Tensor]:
             return obj[key]
     if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
         return obj
-    raise RuntimeError(f"{path}: no model weights found (expected a 'model' or 'state_dict' key)")
+    raise CheckpointError(
+        f"{path}: no model weights found (expected a 'model' or 'state_dict' key)")
 
 
 def load_model(
@@ -68,7 +70,7 @@ def load_model(
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if not k.endswith("num_batches_tracked")]
     if strict and (missing or unexpected):
-        raise RuntimeError(
+        raise CheckpointError(
             f"{path} does not match the model of this config: missing keys {missing[:8]}"
             f"{' ...' if len(missing) > 8 else ''}, unexpected keys {unexpected[:8]}"
             f"{' ...' if len(unexpected) > 8 else ''}"

@@ -1,11 +1,11 @@
 """Model zoo: every built-in recipe with its official weights (provenance) and reported AP.
 
-Weights are data (DESIGN.md rule 7): config name, the official weights file, its URL and
-sha256, and the metric the weights reach. The numbers are the official README's (METHOD.md §10),
+Weights are data: config name, the official weights file, its URL and sha256, and the metric
+the weights reach. The numbers are the official README's (docs/method.md §10),
 COCO mask AP on val2017 and test-dev from the same weights. Nothing here is guessed: the
 official repository publishes no checksums, so every ``sha256`` is ``None`` until somebody
 records the hash of a verified download; the VOC weights were never released and the repository
-reports no VOC numbers (METHOD.md §10), so those fields are ``None`` too.
+reports no VOC numbers (docs/method.md §10), so those fields are ``None`` too.
 
 The file names are the ones the official README's commands use (``work_dirs/<name>.pth``); the
 Google-Drive downloads may carry other names. :func:`verify_weights` checks a file against the
@@ -15,12 +15,12 @@ zoo by its base name: when an entry records a ``sha256`` for that name, a mismat
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import available_recipes
+from ..errors import DiscoboxError
 
 
 @dataclass(frozen=True)
@@ -66,7 +66,7 @@ class ZooEntry:
         return None
 
 
-_README = "official README (NVlabs/DiscoBox, METHOD.md §10)"
+_README = "official README (NVlabs/DiscoBox, docs/method.md §10)"
 
 ZOO: dict[str, ZooEntry] = {
     e.config: e
@@ -108,13 +108,13 @@ ZOO: dict[str, ZooEntry] = {
             config="discobox_r50_fpn_6x_voc",
             official_config="configs/discobox/discobox_solov2_voc_r50_fpn_6x.py",
             weights_file="voc_r50_6x.pth",
-            note="weights not released; the repository reports no VOC numbers (METHOD.md §10)",
+            note="weights not released; no VOC numbers reported (docs/method.md §10)",
         ),
         ZooEntry(
             config="discobox_r101_fpn_6x_voc",
             official_config="configs/discobox/discobox_solov2_voc_r101_fpn_6x.py",
             weights_file="voc_r101_6x.pth",
-            note="weights not released; the repository reports no VOC numbers (METHOD.md §10)",
+            note="weights not released; no VOC numbers reported (docs/method.md §10)",
         ),
         ZooEntry(
             config="discobox_r18_fpn_cpu",
@@ -124,7 +124,7 @@ ZOO: dict[str, ZooEntry] = {
 }
 
 
-class WeightsHashError(RuntimeError):
+class WeightsHashError(DiscoboxError, RuntimeError):
     """A weights file does not have the sha256 the zoo records for its name."""
 
 
@@ -194,14 +194,3 @@ def format_table(entries: list[ZooEntry] | None = None) -> str:
                      cell(e.ap("test-dev"))))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
-
-
-def cmd_zoo(args: argparse.Namespace) -> int:
-    print(format_table())
-    return 0
-
-
-def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``discobox zoo`` (list recipes with official weights and reported AP)."""
-    p = subparsers.add_parser("zoo", help="recipes with their official weights and reported AP")
-    p.set_defaults(func=cmd_zoo)

@@ -1,6 +1,7 @@
 """Datasets, transforms and loaders: COCO json -> sample dicts -> :class:`ImageBatch`."""
 
-from .coco import CocoDataset, ImageReadError, decode_segmentation, read_image
+from .coco import CocoDataset
+from .images import ImageReadError, read_image
 from .loader import (
     PIXEL_MEAN,
     GroupedBatchSampler,
@@ -10,6 +11,7 @@ from .loader import (
     build_train_loader,
     collate,
 )
+from .segmentation import decode_segmentation
 from .synthetic import SHAPES, SyntheticCoco, make_synthetic_coco
 from .transforms import (
     Compose,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from ..config import Config, ConfigError
+from ..errors import InvalidInputError
 from ..structures import ImageBatch
 from .coco import CocoDataset
 from .loader import build_test_loader, build_train_loader
@@ -44,7 +45,7 @@ def build_train_dataset(cfg: Config) -> CocoDataset:
         class_names=cfg.data.class_names,
     )
     if len(dataset) == 0:
-        raise ValueError(f"{ann}: no training images with usable annotations")
+        raise InvalidInputError(f"{ann}: no training images with usable annotations")
     return _check_classes(cfg, dataset)
 
 

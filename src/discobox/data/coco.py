@@ -1,10 +1,12 @@
-"""COCO-format instance datasets (METHOD.md §3.1 step 2): boxes only, full masks, or test images.
+"""COCO-format instance datasets (docs/method.md §3.1 step 2): boxes only, full masks, or test
+images.
 
 Annotation rules (mmdet ``CocoDataset._parse_ann_info``): crowd annotations are excluded; an
 annotation is skipped, and counted in :attr:`CocoDataset.skipped`, if it has ``ignore`` set, if its
 box does not intersect the image, if ``area <= 0`` (when present), or if ``w < 1`` or ``h < 1``.
 Kept boxes become ``[x, y, x + w, y + h]`` clipped to the image. Structural problems (bad json,
-missing keys, unknown category, duplicate image id) raise ``ValueError`` naming the file.
+missing keys, unknown category, duplicate image id) raise :class:`InvalidInputError` (a
+``ValueError``) naming the file.
 """
 
 from __future__ import annotations
@@ -14,19 +16,19 @@ import io
 import json
 import logging
 import math
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import torch
-from pycocotools import mask as mask_utils
 from torch.utils.data import Dataset
 
+from ..errors import InvalidInputError, MissingFileError
 from ..structures import Instances
+from .images import read_image
+from .segmentation import decode_segmentation
 
 logger = logging.getLogger(__name__)
 
@@ -39,34 +41,6 @@ SKIP_REASONS = {
     "zero_area": "area <= 0",
     "degenerate": "degenerate boxes",
 }
-
-
-class ImageReadError(OSError):
-    """An image file is missing, unreadable or cannot be decoded."""
-
-
-class ImageNotFoundError(ImageReadError):
-    """The image file does not exist (a subclass, so callers may count it apart)."""
-
-
-def read_image(path: str | Path) -> np.ndarray:
-    """Read an image file as ``uint8[H, W, 3]`` RGB (cv2 ``IMREAD_COLOR``, as mmcv ``imread``).
-
-    Raises:
-        ImageReadError: the file is missing (:class:`ImageNotFoundError`), unreadable or not a
-            decodable image; names the path.
-    """
-    path = Path(path)
-    try:
-        data = np.fromfile(str(path), dtype=np.uint8)
-    except FileNotFoundError:
-        raise ImageNotFoundError(f"image file not found: {path}") from None
-    except OSError as exc:
-        raise ImageReadError(f"cannot read image file {path}: {exc}") from exc
-    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
-    if image is None:
-        raise ImageReadError(f"cannot decode image (corrupt or unsupported format): {path}")
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
 @dataclass
@@ -83,28 +57,31 @@ class _Record:
     segmentations: list[Any] | None  # 'full' mode only
 
 
-def _load_json(path: Path) -> dict[str, Any]:
+def load_coco_json(path: Path) -> dict[str, Any]:
+    """Read a COCO json file: a dict, or :class:`InvalidInputError` / :class:`MissingFileError`
+    naming the file (empty, invalid json, not an object)."""
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise FileNotFoundError(f"annotation file not found: {path}") from None
+        raise MissingFileError(f"annotation file not found: {path}") from None
     if not text.strip():
-        raise ValueError(f"{path}: annotation file is empty")
+        raise InvalidInputError(f"{path}: annotation file is empty")
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: invalid json ({exc})") from None
+        raise InvalidInputError(f"{path}: invalid json ({exc})") from None
     if not isinstance(data, dict) or not data:
-        raise ValueError(f"{path}: expected a COCO json object with 'images' and 'categories'")
+        raise InvalidInputError(
+            f"{path}: expected a COCO json object with 'images' and 'categories'")
     return data
 
 
 def _require(entry: dict[str, Any], keys: Sequence[str], where: str) -> None:
     if not isinstance(entry, dict):
-        raise ValueError(f"{where}: expected an object, got {type(entry).__name__}")
+        raise InvalidInputError(f"{where}: expected an object, got {type(entry).__name__}")
     missing = [k for k in keys if k not in entry]
     if missing:
-        raise ValueError(f"{where}: missing key(s) {missing}")
+        raise InvalidInputError(f"{where}: missing key(s) {missing}")
 
 
 class CocoDataset(Dataset):
@@ -157,20 +134,20 @@ class CocoDataset(Dataset):
         self.min_size = min_size
         self._coco = None
 
-        data = _load_json(self.ann_file)
+        data = load_coco_json(self.ann_file)
         name = self.ann_file.name
         for key in ("images", "categories") + (() if mode == "test" else ("annotations",)):
             if key not in data:
-                raise ValueError(f"{self.ann_file}: missing top-level key '{key}'")
+                raise InvalidInputError(f"{self.ann_file}: missing top-level key '{key}'")
             if not isinstance(data[key], list):
-                raise ValueError(f"{self.ann_file}: '{key}' must be a list")
+                raise InvalidInputError(f"{self.ann_file}: '{key}' must be a list")
         self._init_categories(data["categories"], class_names)
 
         images: dict[int, dict[str, Any]] = {}
         for i, img in enumerate(data["images"]):
             _require(img, ("id", "file_name", "width", "height"), f"{self.ann_file}: images[{i}]")
             if img["id"] in images:
-                raise ValueError(f"{self.ann_file}: duplicate image id {img['id']}")
+                raise InvalidInputError(f"{self.ann_file}: duplicate image id {img['id']}")
             images[img["id"]] = img
 
         self.skipped = dict.fromkeys(SKIP_REASONS, 0)
@@ -180,17 +157,18 @@ class CocoDataset(Dataset):
             where = f"{self.ann_file}: annotation {ann_id}"
             _require(ann, ("image_id", "category_id", "bbox"), where)
             if ann["category_id"] not in self._all_cat_ids:
-                raise ValueError(
+                raise InvalidInputError(
                     f"{where} has category_id {ann['category_id']}, which is not in 'categories'"
                 )
             if ann["image_id"] not in images:
-                raise ValueError(f"{where} refers to image_id {ann['image_id']}, not in 'images'")
+                raise InvalidInputError(
+                    f"{where} refers to image_id {ann['image_id']}, not in 'images'")
             reason = self._skip_reason(ann, images[ann["image_id"]], where)
             if reason is not None:
                 self.skipped[reason] += 1
                 continue
             if mode == "full" and "segmentation" not in ann:
-                raise ValueError(f"{where}: 'full' mode needs a 'segmentation'")
+                raise InvalidInputError(f"{where}: 'full' mode needs a 'segmentation'")
             per_image[ann["image_id"]].append(ann)
 
         self._records: list[_Record] = []
@@ -213,10 +191,10 @@ class CocoDataset(Dataset):
         for i, c in enumerate(cats):
             _require(c, ("id", "name"), f"{self.ann_file}: categories[{i}]")
             if c["id"] in by_id:
-                raise ValueError(f"{self.ann_file}: duplicate category id {c['id']}")
+                raise InvalidInputError(f"{self.ann_file}: duplicate category id {c['id']}")
             by_id[c["id"]] = str(c["name"])
         if not by_id:
-            raise ValueError(f"{self.ann_file}: 'categories' is empty")
+            raise InvalidInputError(f"{self.ann_file}: 'categories' is empty")
         self._all_cat_ids = set(by_id)
         if class_names is None:
             self.cat_ids = sorted(by_id)
@@ -224,16 +202,17 @@ class CocoDataset(Dataset):
             by_name: dict[str, int] = {}
             for cid, cname in by_id.items():
                 if cname in by_name:
-                    raise ValueError(f"{self.ann_file}: category name {cname!r} is not unique")
+                    raise InvalidInputError(
+                        f"{self.ann_file}: category name {cname!r} is not unique")
                 by_name[cname] = cid
             unknown = [n for n in class_names if n not in by_name]
             if unknown:
-                raise ValueError(
+                raise InvalidInputError(
                     f"{self.ann_file}: class name(s) {unknown} not among the categories "
                     f"{sorted(by_name)}"
                 )
             if len(set(class_names)) != len(class_names):
-                raise ValueError(f"class_names has duplicates: {list(class_names)}")
+                raise InvalidInputError(f"class_names has duplicates: {list(class_names)}")
             self.cat_ids = [by_name[n] for n in class_names]
         self.class_names = [by_id[c] for c in self.cat_ids]
         self.cat_id_to_label = {c: i for i, c in enumerate(self.cat_ids)}
@@ -248,11 +227,11 @@ class CocoDataset(Dataset):
             return "ignore"
         bbox = ann["bbox"]
         if not isinstance(bbox, list | tuple) or len(bbox) != 4:
-            raise ValueError(f"{where}: 'bbox' must be [x, y, w, h], got {bbox!r}")
+            raise InvalidInputError(f"{where}: 'bbox' must be [x, y, w, h], got {bbox!r}")
         try:
             x, y, w, h = (float(v) for v in bbox)
         except (TypeError, ValueError):
-            raise ValueError(f"{where}: 'bbox' must hold numbers, got {bbox!r}") from None
+            raise InvalidInputError(f"{where}: 'bbox' must hold numbers, got {bbox!r}") from None
         if not all(math.isfinite(v) for v in (x, y, w, h)):
             return "degenerate"
         inter_w = max(0.0, min(x + w, float(img["width"])) - max(x, 0.0))
@@ -380,40 +359,3 @@ class CocoDataset(Dataset):
             f"CocoDataset({self.ann_file.name}, mode={self.mode!r}, {len(self)} images, "
             f"{len(self.cat_ids)} classes)"
         )
-
-
-def compressed_rle(rle: dict[str, Any]) -> dict[str, Any]:
-    """A compressed RLE with ``bytes`` counts, as pycocotools wants them (json gives ``str``)."""
-    counts = rle["counts"]
-    return {"size": list(rle["size"]),
-            "counts": counts.encode() if isinstance(counts, str) else counts}
-
-
-def segmentation_to_rle(seg: Any, height: int, width: int) -> dict[str, Any]:
-    """COCO ``segmentation`` (polygons, RLE, or compressed RLE) -> compressed RLE.
-
-    Raises:
-        ValueError: not polygons or an RLE, an odd or short polygon, an RLE of another size.
-    """
-    if isinstance(seg, list):
-        if not seg:
-            return mask_utils.encode(np.zeros((height, width), dtype=np.uint8, order="F"))
-        polys = [[float(v) for v in p] for p in seg]
-        if any(len(p) < 6 or len(p) % 2 for p in polys):
-            raise ValueError("polygons need an even number (>= 6) of coordinates")
-        return mask_utils.merge(mask_utils.frPyObjects(polys, height, width))
-    if isinstance(seg, dict) and "counts" in seg and "size" in seg:
-        if list(seg["size"]) != [height, width]:
-            raise ValueError(f"RLE size {seg['size']} != image size {[height, width]}")
-        if isinstance(seg["counts"], list):
-            return mask_utils.frPyObjects(seg, height, width)
-        return compressed_rle(seg)
-    raise ValueError(f"expected polygons or RLE, got {type(seg).__name__}")
-
-
-def decode_segmentation(seg: Any, height: int, width: int) -> np.ndarray:
-    """COCO ``segmentation`` (polygons, RLE, or compressed RLE) -> ``bool[height, width]``."""
-    rle = segmentation_to_rle(seg, height, width)
-    with warnings.catch_warnings():  # pycocotools' Masks.__array__ predates numpy 2's copy=
-        warnings.simplefilter("ignore", DeprecationWarning)
-        return mask_utils.decode([rle])[:, :, 0].astype(bool)

@@ -1,4 +1,4 @@
-"""Keypoint-pair datasets for semantic-correspondence evaluation (METHOD.md §8.4-8.5).
+"""Keypoint-pair datasets for semantic-correspondence evaluation (docs/method.md §8.4-8.5).
 
 Public layouts read (``root`` may be the dataset folder or its parent):
 
@@ -33,6 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import DiscoboxError
+
 logger = logging.getLogger("discobox")
 
 VOC_CLASSES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair",
@@ -44,7 +46,7 @@ THRESH_TYPE = {"pf-pascal": "img", "pf-willow": "bbox", "spair": "bbox"}
 _DIRS = {"pf-pascal": "PF-PASCAL", "pf-willow": "PF-WILLOW", "spair": "SPair-71k"}
 
 
-class CorrDatasetError(FileNotFoundError):
+class CorrDatasetError(DiscoboxError, FileNotFoundError):
     """The dataset root does not hold the expected layout; the message names what is missing."""
 
 

@@ -25,10 +25,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
+from ..modeling.solov2.model import PIXEL_MEAN  # padding = the mean: 0 once normalised
 from ..structures import ImageBatch, Instances
 from .transforms import rng_scope
 
-PIXEL_MEAN = (123.675, 116.28, 103.53)  # RGB, METHOD.md §3.1 step 6
 SIZE_DIVISOR = 32
 
 

@@ -1,5 +1,5 @@
-"""Geometric transforms of one sample: keep-ratio resize, horizontal flip (METHOD.md §3.1) and an
-optional random crop (ours, for small objects in large images).
+"""Geometric transforms of one sample: keep-ratio resize, horizontal flip (docs/method.md §3.1)
+and an optional random crop (ours, for small objects in large images).
 
 A *sample* is the dict produced by the datasets::
 
@@ -81,7 +81,7 @@ def _uniform_int(rng: np.random.Generator | np.random.RandomState, n: int) -> in
 
 
 class Resize:
-    """Resize image, boxes and masks to one of ``scales`` (METHOD.md §3.1 step 4).
+    """Resize image, boxes and masks to one of ``scales`` (docs/method.md §3.1 step 4).
 
     Args:
         scales: ``(long, short)`` pairs, e.g. ``[(1333, 800)]``. With several, one is chosen
@@ -149,7 +149,7 @@ def resize_masks(masks: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 
 class RandomHorizontalFlip:
-    """Flip image, boxes and masks left-right with probability ``p`` (METHOD.md §3.1 step 5).
+    """Flip image, boxes and masks left-right with probability ``p`` (docs/method.md §3.1 step 5).
 
     Boxes map ``x1' = W - x2``, ``x2' = W - x1``.
     """

@@ -1,8 +1,8 @@
-"""PASCAL VOC 2012 (+ SBD) instance annotations -> COCO-style jsons; ``discobox convert-voc``.
+"""PASCAL VOC 2012 (+ SBD) instance annotations -> COCO-style jsons.
 
-METHOD.md §8.3: the official VOC recipes train on ``voc_2012_train_aug_cocostyle.json`` (VOC2012
-segmentation train + SBD train + SBD val, minus VOC2012 segmentation val: 10,582 images, the set
-of BBTP) and evaluate on ``voc_2012_val_cocostyle.json`` (VOC2012 segmentation val, 1,449
+docs/method.md §8.3: the official VOC recipes train on ``voc_2012_train_aug_cocostyle.json``
+(VOC2012 segmentation train + SBD train + SBD val, minus VOC2012 segmentation val: 10,582 images,
+the set of BBTP) and evaluate on ``voc_2012_val_cocostyle.json`` (VOC2012 segmentation val, 1,449
 images); the official repository has no script that builds them. This one does:
 
 - classes: the 20 VOC classes in the standard order, category ids 1..20 (the BBTP Matlab
@@ -28,7 +28,6 @@ images); the official repository has no script that builds them. This one does:
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import xml.etree.ElementTree as ET
@@ -40,6 +39,10 @@ from typing import Any
 import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
+from scipy.io import loadmat
+
+from ..checkpoint.io import atomic_write_text
+from ..errors import InvalidInputError, MissingFileError
 
 logger = logging.getLogger("discobox")
 
@@ -89,7 +92,7 @@ def find_voc2012(root: str | Path) -> Path:
     for cand in (root, root / "VOC2012", root / "VOCdevkit" / "VOC2012"):
         if (cand / "ImageSets" / "Segmentation").is_dir():
             return cand
-    raise FileNotFoundError(
+    raise MissingFileError(
         f"{root}: not a VOC 2012 folder (no ImageSets/Segmentation in it or in VOC2012/)"
     )
 
@@ -98,20 +101,20 @@ def find_sbd(root: str | Path) -> Path:
     """``root`` may be SBD's ``benchmark_RELEASE`` or its ``dataset`` folder."""
     root = Path(root)
     if not root.is_dir():
-        raise FileNotFoundError(f"SBD folder not found: {root}")
+        raise MissingFileError(f"SBD folder not found: {root}")
     for cand in (root, root / "dataset", root / "benchmark_RELEASE" / "dataset"):
         if (cand / "inst").is_dir():
             missing = [n for n in ("train.txt", "val.txt") if not (cand / n).is_file()]
             if missing:
-                raise FileNotFoundError(f"SBD folder {cand} lacks {', '.join(missing)}")
+                raise MissingFileError(f"SBD folder {cand} lacks {', '.join(missing)}")
             return cand
-    raise FileNotFoundError(f"{root}: not an SBD folder (no inst/ in it or in dataset/)")
+    raise MissingFileError(f"{root}: not an SBD folder (no inst/ in it or in dataset/)")
 
 
 def read_list(path: Path) -> list[str]:
     """Image names of an ``ImageSets`` list (first token per non-empty line)."""
     if not path.is_file():
-        raise FileNotFoundError(f"image list not found: {path}")
+        raise MissingFileError(f"image list not found: {path}")
     return [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
 
 
@@ -139,7 +142,7 @@ def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
 def parse_xml(path: Path) -> tuple[tuple[int, int] | None, list[XmlObject]]:
     """``((height, width) or None, objects in file order)`` of a VOC annotation."""
     if not path.is_file():
-        raise FileNotFoundError(f"VOC annotation not found: {path}")
+        raise MissingFileError(f"VOC annotation not found: {path}")
     try:
         root = ET.parse(path).getroot()
         size = root.find("size")
@@ -153,38 +156,37 @@ def parse_xml(path: Path) -> tuple[tuple[int, int] | None, list[XmlObject]]:
             objects.append(XmlObject(name=obj.findtext("name").strip(), box=voc_box(*coords),
                                      difficult=int(obj.findtext("difficult") or 0)))
     except (ET.ParseError, AttributeError, TypeError, ValueError) as exc:
-        raise ValueError(f"{path}: malformed VOC annotation ({exc})") from exc
+        raise InvalidInputError(f"{path}: malformed VOC annotation ({exc})") from exc
     return hw, objects
 
 
 def read_index_png(path: Path) -> np.ndarray:
     """Palette (or grey) PNG -> ``uint8[H, W]`` of palette indices."""
     if not path.is_file():
-        raise FileNotFoundError(f"segmentation PNG not found: {path}")
+        raise MissingFileError(f"segmentation PNG not found: {path}")
     with Image.open(path) as im:
         if im.mode not in ("P", "L"):
-            raise ValueError(f"{path}: expected a palette PNG of indices, got mode {im.mode}")
+            raise InvalidInputError(
+                f"{path}: expected a palette PNG of indices, got mode {im.mode}")
         return np.asarray(im, dtype=np.uint8).copy()
 
 
 def read_sbd_inst(path: Path) -> tuple[np.ndarray, list[int]]:
     """SBD ``inst/<name>.mat`` -> ``(uint8[H, W] instance map, class index per instance)``."""
-    from scipy.io import loadmat
-
     if not path.is_file():
-        raise FileNotFoundError(f"SBD instance file not found: {path}")
+        raise MissingFileError(f"SBD instance file not found: {path}")
     try:
         gt = loadmat(str(path), squeeze_me=True, struct_as_record=False)["GTinst"]
         seg = np.asarray(gt.Segmentation, dtype=np.uint8)
         cats = [int(c) for c in np.atleast_1d(gt.Categories).ravel()]
     except Exception as exc:  # noqa: BLE001 - any malformed .mat
-        raise ValueError(f"{path}: not an SBD GTinst file ({exc})") from exc
+        raise InvalidInputError(f"{path}: not an SBD GTinst file ({exc})") from exc
     return seg, cats
 
 
 def _category(name: str, where: Path) -> int:
     if name not in VOC_CLASSES:
-        raise ValueError(f"{where}: unknown VOC class {name!r}")
+        raise InvalidInputError(f"{where}: unknown VOC class {name!r}")
     return VOC_CLASSES.index(name) + 1
 
 
@@ -195,12 +197,12 @@ def voc_instances(voc: Path, name: str, *, box_source: str, stats: dict[str, int
     objs_png = read_index_png(voc / "SegmentationObject" / f"{name}.png")
     cls_png = read_index_png(voc / "SegmentationClass" / f"{name}.png")
     if objs_png.shape != cls_png.shape:
-        raise ValueError(f"{name}: SegmentationObject {objs_png.shape} and SegmentationClass "
-                         f"{cls_png.shape} differ in size")
+        raise InvalidInputError(f"{name}: SegmentationObject {objs_png.shape} and "
+                                f"SegmentationClass {cls_png.shape} differ in size")
     xml_path = voc / "Annotations" / f"{name}.xml"
     hw, objects = parse_xml(xml_path)
     if hw is not None and hw != objs_png.shape:
-        raise ValueError(f"{xml_path}: size {hw} differs from its masks {objs_png.shape}")
+        raise InvalidInputError(f"{xml_path}: size {hw} differs from its masks {objs_png.shape}")
     out = []
     for k in sorted(int(v) for v in np.unique(objs_png) if 0 < v < VOID):
         mask = objs_png == k
@@ -245,7 +247,7 @@ def sbd_instances(sbd: Path, voc: Path, name: str, *, box_source: str,
             stats["empty"] += 1
             continue
         if not 1 <= cat <= len(VOC_CLASSES):
-            raise ValueError(f"{sbd / 'inst' / name}.mat: instance {k} has class {cat}")
+            raise InvalidInputError(f"{sbd / 'inst' / name}.mat: instance {k} has class {cat}")
         mbox = mask_box(mask)
         best, best_iou = None, 0.5
         for j, obj in enumerate(objects):
@@ -307,10 +309,8 @@ def convert_voc(
     Returns:
         ``{"train": path, "val": path}``.
     """
-    from ..checkpoint.io import atomic_write_text
-
     if box_source not in BOX_SOURCES:
-        raise ValueError(f"box_source must be one of {BOX_SOURCES}, got {box_source!r}")
+        raise InvalidInputError(f"box_source must be one of {BOX_SOURCES}, got {box_source!r}")
     voc = find_voc2012(voc_root)
     sets = voc / "ImageSets" / "Segmentation"
     voc_train, voc_val = read_list(sets / "train.txt"), read_list(sets / "val.txt")
@@ -351,28 +351,3 @@ def convert_voc(
                 stats["xml_boxes"], stats["mask_boxes"], stats["class_mismatch"],
                 stats["no_class"], stats["empty"], stats["no_xml"])
     return written
-
-
-def cmd_convert_voc(args: argparse.Namespace) -> int:
-    from ..engine.log import setup_logger
-
-    setup_logger()
-    out = convert_voc(voc_root=args.voc_root, out_dir=args.out, sbd_root=args.sbd_root,
-                      box_source=args.box_source)
-    for split, path in out.items():
-        print(f"{split}: {path}")
-    return 0
-
-
-def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``discobox convert-voc --voc-root DIR [--sbd-root DIR] --out DIR``."""
-    p = subparsers.add_parser(
-        "convert-voc", help="build COCO-style VOC 2012 (train_aug with SBD, val) jsons"
-    )
-    p.add_argument("--voc-root", required=True, help="VOCdevkit or VOCdevkit/VOC2012")
-    p.add_argument("--sbd-root", default=None,
-                   help="SBD benchmark_RELEASE (or its dataset/); without it train = VOC train")
-    p.add_argument("--out", required=True, help="output folder for the jsons")
-    p.add_argument("--box-source", choices=BOX_SOURCES, default="xml",
-                   help="bbox from the VOC XML (default) or the tight box of each mask")
-    p.set_defaults(func=cmd_convert_voc)

@@ -17,11 +17,24 @@ import time
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
+from pycocotools import mask as mask_utils
 
+from ..checkpoint.io import atomic_write_text
 from ..config import Config, load_config
-from ..data.synthetic import make_synthetic_coco
+from ..data.build import build_train_dataset, build_train_loader_from_config
+from ..data.images import read_image
+from ..data.synthetic import SHAPES, make_synthetic_coco
+from ..inference.predictor import Predictor
+from ..inference.pseudo_label import pseudo_label
+from ..inference.visualize import draw_instances, side_by_side
+from ..modeling.build import build_criterion, build_model
+from ..structures import Instances
+from .distributed import resolve_device
+from .log import setup_logger
+from .trainer import train
 
 logger = logging.getLogger("discobox")
 
@@ -52,9 +65,8 @@ def demo_config(data_root: Path, out_dir: Path, *, iterations: int, seed: int, f
         "solver.steps": [int(iterations * 0.8), int(iterations * 0.93)],
         "solver.warmup_iters": max(1, min(100, iterations // 8)),
         "teacher.start_iter": iterations // 3,
-        # the official EMA, not the CPU recipe's 0.99: on this set and schedule (seeds 0 and 1,
-        # 423 iterations) 0.999 gave 8.2 and 7.4 mask AP, 0.99 gave 3.1 and 7.9 (BENCHMARKS.md
-        # "The EMA teacher's momentum at short schedules")
+        # the official EMA, not the CPU recipe's 0.99: better on this set and schedule
+        # (BENCHMARKS.md "The EMA teacher's momentum at short schedules")
         "teacher.momentum": 0.999,
         "loss.box_warmup_iters": max(1, iterations // 3),
         "gates.enabled": False,
@@ -70,10 +82,6 @@ def demo_config(data_root: Path, out_dir: Path, *, iterations: int, seed: int, f
 
 def seconds_per_iteration(cfg: Config, steps: int = 3) -> float:
     """Time ``steps`` training steps (after one warm-up) with the CRF teacher loss active."""
-    from ..data.build import build_train_dataset, build_train_loader_from_config
-    from ..modeling.build import build_criterion, build_model
-    from .distributed import resolve_device
-
     device = resolve_device(cfg.train.device)
     dataset = build_train_dataset(cfg)
     loader = build_train_loader_from_config(cfg, dataset, rank=0, world_size=1, start_iter=0)
@@ -87,7 +95,7 @@ def seconds_per_iteration(cfg: Config, steps: int = 3) -> float:
         out = model(batch.images, batch.image_sizes)
         with torch.no_grad():  # stands in for the EMA teacher's forward pass
             model(batch.images, batch.image_sizes)
-        losses = criterion(out, batch.targets, ts_active=True, image_sizes=batch.image_sizes)
+        losses, _ = criterion(out, batch.targets, ts_active=True, image_sizes=batch.image_sizes)
         opt.zero_grad()
         sum(losses.values()).backward()
         opt.step()
@@ -100,14 +108,6 @@ def seconds_per_iteration(cfg: Config, steps: int = 3) -> float:
 
 def _overlays(weights: Path, val_json: Path, image_dir: Path, out_dir: Path, n: int) -> list[str]:
     """``ground truth | prediction`` PNGs for the first ``n`` validation images."""
-    import cv2
-    from pycocotools import mask as mask_utils
-
-    from ..data.coco import read_image
-    from ..inference.predictor import Predictor
-    from ..inference.visualize import draw_instances, side_by_side
-    from ..structures import Instances
-
     predictor = Predictor.from_checkpoint(weights, device="cpu")
     doc = json.loads(val_json.read_text())
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -141,8 +141,6 @@ def _overlays(weights: Path, val_json: Path, image_dir: Path, out_dir: Path, n: 
 
 def _baselines(data_root: Path, out_dir: Path, weights: Path | None) -> dict[str, dict]:
     """Box-conditioned masks on the validation GT boxes: filled box, GrabCut, the model."""
-    from ..inference.pseudo_label import pseudo_label
-
     rows = {}
     methods = ["box", "grabcut"] + (["model"] if weights is not None else [])
     for method in methods:
@@ -160,10 +158,6 @@ def run_demo(*, output: str | Path = "discobox_demo", minutes: float = 10.0, ful
              seed: int = 0, iterations: int | None = None, num_train: int = 400,
              num_val: int = 40, device: str = "auto") -> dict[str, Any]:
     """Run the whole demo; returns (and writes) the summary. See the module docstring."""
-    from ..checkpoint.io import atomic_write_text
-    from .log import setup_logger
-    from .trainer import train
-
     t_start = time.perf_counter()
     out = Path(output)
     setup_logger(out)
@@ -172,8 +166,6 @@ def run_demo(*, output: str | Path = "discobox_demo", minutes: float = 10.0, ful
         logger.info("generating %d + %d synthetic images in %s", num_train, num_val, data_root)
         make_synthetic_coco(data_root, num_train=num_train, num_val=num_val,
                             image_size=IMAGE_SIZE, seed=seed, max_objects=4)
-    from ..data.synthetic import SHAPES
-
     runs = [("box", out / "box")] + ([("full", out / "full")] if full else [])
     if iterations is None:
         probe = demo_config(data_root, out / "probe", iterations=10, seed=seed, full=False,

@@ -7,14 +7,18 @@
 from __future__ import annotations
 
 import os
-from contextlib import AbstractContextManager, nullcontext
 from datetime import timedelta
 
 import torch
 import torch.distributed as dist
 
+# Re-exported: engine code calls them as ``du.resolve_device`` / ``du.amp_autocast``.
+from ..device import amp_autocast as amp_autocast
+from ..device import resolve_device as resolve_device
+
 
 def is_dist() -> bool:
+    """Whether a default process group is initialised (several ranks)."""
     return dist.is_available() and dist.is_initialized()
 
 
@@ -27,27 +31,8 @@ def get_world_size() -> int:
 
 
 def is_main_process() -> bool:
+    """Rank 0, or the single process: the one that logs and writes files."""
     return get_rank() == 0
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    """``auto`` picks this process's CUDA device (``LOCAL_RANK``) when CUDA exists, else CPU."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-        return torch.device("cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"train.device={name!r} but CUDA is not available on this machine")
-    return device
-
-
-def amp_autocast(device: torch.device, amp: str) -> AbstractContextManager:
-    """Mixed precision on CUDA (``solver.amp``: ``"fp16"``, ``"bf16"``); a no-op on the CPU or with
-    ``"none"``."""
-    if device.type != "cuda" or amp == "none":
-        return nullcontext()
-    return torch.autocast("cuda", dtype=torch.float16 if amp == "fp16" else torch.bfloat16)
 
 
 def init_distributed(device: torch.device) -> bool:
@@ -63,6 +48,7 @@ def init_distributed(device: torch.device) -> bool:
 
 
 def cleanup_distributed() -> None:
+    """Wait for every rank, then destroy the process group (a no-op without one)."""
     if is_dist():
         dist.barrier()
         dist.destroy_process_group()
@@ -94,6 +80,7 @@ def all_gather_objects(obj):
 
 
 def broadcast_object(obj, src: int = 0):
+    """Rank ``src``'s picklable ``obj`` on every rank."""
     if not is_dist():
         return obj
     box = [obj]

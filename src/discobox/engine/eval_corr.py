@@ -1,6 +1,6 @@
-"""``discobox eval-corr``: PCK of semantic correspondence on PF-PASCAL, PF-WILLOW, SPair-71k.
+"""PCK of semantic correspondence on PF-PASCAL, PF-WILLOW, SPair-71k.
 
-Protocol (METHOD.md §8.4, SCOT): source keypoints are transferred to the target image
+Protocol (docs/method.md §8.4, SCOT): source keypoints are transferred to the target image
 (:mod:`discobox.modeling.correspondence.dense_match`) and a keypoint is correct iff its L2
 error is at most ``alpha * L`` with
 
@@ -16,7 +16,6 @@ SCOT and the paper report), **per keypoint** (total correct / total keypoints) a
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 from collections.abc import Sequence
@@ -27,7 +26,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..data.correspondence import DATASETS, CorrDataset, CorrPair, load_corr_dataset
+from ..checkpoint.io import atomic_write_text
+from ..checkpoint.load import load_model
+from ..data.correspondence import CorrDataset, CorrPair, load_corr_dataset
+from ..data.images import read_image
+from ..device import resolve_device
+from ..errors import InvalidInputError
+from ..modeling.correspondence.dense_match import image_features, match_features
 
 logger = logging.getLogger("discobox")
 
@@ -101,9 +106,6 @@ def evaluate_correspondence(
     limit: int | None = None, progress: bool = True,
 ) -> dict[str, Any]:
     """PCK of ``model`` (a :class:`SOLOv2`) on ``dataset``; returns the metrics dict."""
-    from ..data.coco import read_image
-    from ..modeling.correspondence.dense_match import image_features, match_features
-
     meter = PCKMeter(alphas)
     pairs = dataset.pairs[:limit] if limit else dataset.pairs
     cache: dict[Path, Any] = {}
@@ -144,16 +146,12 @@ def eval_corr(
     **kwargs,
 ) -> dict[str, Any]:
     """Load a trained model and dataset, evaluate, optionally write ``out`` (JSON)."""
-    from ..checkpoint.io import atomic_write_text
-    from ..checkpoint.load import load_model
-    from . import distributed as du
-
     data = load_corr_dataset(dataset, root, split)
     if not data.pairs:
-        raise ValueError(f"{dataset} under {root}: no usable pairs "
+        raise InvalidInputError(f"{dataset} under {root}: no usable pairs "
                          f"({data.skips.pairs_skipped} skipped of {data.skips.pairs_listed})")
     model, _ = load_model(weights, config=config)
-    model.to(du.resolve_device(device))
+    model.to(resolve_device(device))
     metrics = evaluate_correspondence(model, data, **kwargs)
     metrics["weights"] = str(weights)
     metrics["split"] = split
@@ -170,39 +168,3 @@ def format_pck(metrics: dict[str, Any]) -> str:
         lines.append(f"  PCK@{a}: per image {100 * metrics['pck_per_image'][a]:.1f}  "
                      f"per keypoint {100 * metrics['pck_per_keypoint'][a]:.1f}")
     return "\n".join(lines)
-
-
-def cmd_eval_corr(args: argparse.Namespace) -> int:
-    metrics = eval_corr(
-        weights=args.weights, dataset=args.dataset, root=args.root, split=args.split,
-        config=args.config, device=args.device, out=args.out, alphas=args.alpha,
-        img_side=args.img_side, levels=args.levels, solver=args.solver, eps=args.eps,
-        iters=args.iters, exp=args.exp if args.exp is not None else DEFAULT_EXP[args.dataset],
-        hough=not args.no_hough, limit=args.limit,
-    )
-    print(format_pck(metrics))
-    return 0
-
-
-def register(sub: argparse._SubParsersAction) -> None:
-    """Add ``discobox eval-corr`` to the CLI."""
-    p = sub.add_parser("eval-corr", help="PCK on PF-PASCAL / PF-WILLOW / SPair-71k")
-    p.add_argument("--weights", required=True)
-    p.add_argument("--dataset", required=True, choices=DATASETS)
-    p.add_argument("--root", required=True, help="dataset folder (or its parent)")
-    p.add_argument("--split", default="test")
-    p.add_argument("--alpha", type=float, nargs="+", default=list(ALPHAS))
-    p.add_argument("--out", default=None, help="write the metrics to this JSON file")
-    p.add_argument("--config", default=None, help="config if the checkpoint holds none")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--img-side", type=int, default=350, help="longer image side (SCOT: 350)")
-    p.add_argument("--levels", type=int, nargs="+", default=[0, 1],
-                   help="FPN levels for hyperpixels (0 = P2, 1 = P3)")
-    p.add_argument("--solver", choices=("sinkhorn", "cosine"), default="sinkhorn")
-    p.add_argument("--eps", type=float, default=0.05)
-    p.add_argument("--iters", type=int, default=1, help="Sinkhorn iterations (SCOT: 1)")
-    p.add_argument("--exp", type=float, default=None,
-                   help="OT plan exponent (default: SCOT's 0.5 for PF-PASCAL/WILLOW, 1.0 SPair)")
-    p.add_argument("--no-hough", action="store_true", help="skip regularised Hough voting")
-    p.add_argument("--limit", type=int, default=None, help="evaluate the first N pairs only")
-    p.set_defaults(func=cmd_eval_corr)

@@ -12,10 +12,11 @@ import torch
 from ..checkpoint.io import atomic_write_text
 from ..config import Config
 from ..data.build import build_test_dataset, build_test_loader_from_config
+from ..data.coco_results import coco_evaluate, format_metrics
 from ..inference.predictor import predict_batch
 from ..modeling.build import build_postprocessor
 from . import distributed as du
-from .evaluator import coco_evaluate, format_metrics, run_inference
+from .evaluator import run_inference
 
 logger = logging.getLogger("discobox")
 

@@ -1,13 +1,16 @@
-"""The training loop (METHOD.md §4.6, §6), top to bottom.
+"""The training loop (docs/method.md §4.6, §6), top to bottom.
 
-Stateful extras live outside the model and are called from the loop: the EMA teacher
-(``teacher.update``), the loss gates (``gates.update``), evaluation and checkpoints. Everything
-needed to continue bit-for-bit is checkpointed atomically, so a killed run resumes where it
-stopped (``--resume``).
+:func:`train` sets a run up (:func:`_setup`), restores it from its last checkpoint on
+``--resume`` (:func:`_restore`), then loops: :func:`_train_step` (forward, correspondence branch,
+criterion, backward, optimizer, teacher and bank updates), :func:`_log_record`,
+:func:`_save_checkpoint`, evaluation. Stateful extras live outside the model: the EMA teacher,
+the loss gates and the object bank. Everything needed to continue bit for bit is checkpointed
+atomically, so a killed run resumes where it stopped.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import random
@@ -30,10 +33,14 @@ from ..checkpoint.io import (
     save_release,
     set_rng_state,
 )
-from ..config import Config, ConfigError, config_from_dict
+from ..config import Config
 from ..data.build import build_train_dataset, build_train_loader_from_config
-from ..modeling.boxsup.teacher import EMATeacher, LossGates, box_warmup, ts_ramp
-from ..modeling.build import build_criterion, build_model, build_object_bank
+from ..errors import DiscoboxError
+from ..modeling.boxsup.criterion import SOLOv2Criterion
+from ..modeling.boxsup.teacher import EMATeacher, LossGates, box_warmup
+from ..modeling.build import build_corr_branch, build_criterion, build_model, build_object_bank
+from ..modeling.correspondence.branch import CorrespondenceBranch
+from ..modeling.correspondence.object_bank import ObjectBank
 from . import distributed as du
 from .log import MetricWriter, setup_logger
 from .tester import evaluate
@@ -41,12 +48,294 @@ from .tester import evaluate
 logger = logging.getLogger("discobox")
 
 
-class NonFiniteLossError(FloatingPointError):
+class NonFiniteLossError(DiscoboxError, FloatingPointError):
     """Raised when a loss term is NaN or infinite; the message names the iteration and terms."""
 
 
 @dataclass
+class _Run:
+    """What one training run's loop works on (built by :func:`_setup`)."""
+
+    cfg: Config
+    device: torch.device
+    model: torch.nn.Module  # the student; ``train_model`` is its DDP wrapper (or itself)
+    train_model: torch.nn.Module
+    criterion: SOLOv2Criterion
+    branch: CorrespondenceBranch | None  # the correspondence branch (§5), with its bank
+    bank: ObjectBank | None
+    optimizer: torch.optim.SGD
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler
+    teacher: EMATeacher | None
+    gates: LossGates
+    sched: Schedule
+
+
+def train(cfg: Config, *, resume: bool = False) -> dict[str, Any]:
+    """Train ``cfg``; returns the final metrics (and ``output_dir``, ``iteration``).
+
+    With ``resume``, the run continues from the last checkpoint in ``train.output_dir`` (weights,
+    optimizer, schedule, teacher, gates, object bank, RNG states); the configuration is ``cfg``
+    as given, the checkpoint's stored config is not read.
+    """
+    device = du.resolve_device(cfg.train.device)
+    du.init_distributed(device)
+    out_dir = Path(cfg.train.output_dir)
+    setup_logger(out_dir, rank=du.get_rank())
+    ckpt = _last_checkpoint(out_dir) if resume else None
+    seed_everything(cfg.train.seed + du.get_rank())
+    run, dataset = _setup(cfg, device)
+    start_iter = _restore(run, ckpt) if ckpt is not None else 0
+    if du.is_main_process():
+        out_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(cfg.to_yaml(), out_dir / "config.yaml")
+    if du.get_world_size() > 1:
+        run.train_model = DistributedDataParallel(
+            run.model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    loader = build_train_loader_from_config(cfg, dataset, rank=du.get_rank(),
+                                            world_size=du.get_world_size(), start_iter=start_iter)
+    writer = MetricWriter(out_dir, enabled=du.is_main_process(),
+                          tensorboard=cfg.train.tensorboard)
+    metrics = _loop(run, loader, writer, start_iter)
+    writer.close()
+    du.barrier()
+    if du.is_main_process():
+        _save_final(run, metrics)
+    return {"output_dir": str(out_dir), "iteration": run.sched.max_iter, **metrics}
+
+
+def _last_checkpoint(out_dir: Path) -> dict[str, Any] | None:
+    """The newest checkpoint in ``out_dir``, or ``None`` (with a warning) when there is none."""
+    last = find_last_checkpoint(out_dir)
+    if last is None:
+        logger.warning("--resume: no checkpoint in %s, starting from scratch", out_dir)
+        return None
+    ckpt = load_checkpoint_file(last)
+    logger.info("resuming from %s (iteration %d)", last, ckpt["iteration"])
+    return ckpt
+
+
+def _setup(cfg: Config, device: torch.device) -> tuple[_Run, Any]:
+    """Dataset, model, losses, bank, optimizer, schedule, teacher and gates of ``cfg``, in a
+    fixed order (model initialisation consumes the seeded RNG)."""
+    dataset = build_train_dataset(cfg)
+    _warn_random_init_frozen(cfg)
+    _warn_crop_without_tiles(cfg)
+    model = build_model(cfg).to(device)
+    criterion = build_criterion(cfg)
+    branch = build_corr_branch(cfg)
+    bank = build_object_bank(cfg)  # lives outside the model, pushed after each step (§5.2)
+    if bank is not None:
+        bank = bank.to(device)
+    optimizer = build_optimizer(cfg, model)
+    iters_per_epoch = max(1, len(dataset) // (cfg.data.batch_size * du.get_world_size()))
+    sched = make_schedule(cfg, iters_per_epoch)
+    s = cfg.solver
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        lambda i: lr_factor(i, warmup_iters=s.warmup_iters, warmup_ratio=s.warmup_ratio,
+                            steps=sched.steps, gamma=s.gamma),
+    )
+    scaler = torch.amp.GradScaler(device.type, enabled=_static_fp16(cfg, device),
+                                  init_scale=s.loss_scale if s.loss_scale > 0 else 2.0**16)
+    teacher = None
+    if cfg.loss.mode == "box" and cfg.teacher.enabled and cfg.crf.mode != "none":
+        teacher = EMATeacher(student=model, momentum=cfg.teacher.momentum,
+                             start_iter=cfg.teacher.start_iter)
+    g = cfg.gates
+    gates = LossGates(init=g.init, momentum=g.momentum, ts_thresh=g.ts_thresh,
+                      corr_thresh=g.corr_thresh, enabled=g.enabled)
+    run = _Run(cfg=cfg, device=device, model=model, train_model=model, criterion=criterion,
+               branch=branch, bank=bank, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
+               teacher=teacher, gates=gates, sched=sched)
+    return run, dataset
+
+
+def _static_fp16(cfg: Config, device: torch.device) -> bool:
+    """Whether the gradient scaler runs (fp16 on CUDA, §2.9)."""
+    return device.type == "cuda" and cfg.solver.amp == "fp16"
+
+
+def _restore(run: _Run, ckpt: dict[str, Any]) -> int:
+    """Load every state of ``ckpt`` into ``run``, this rank's RNG state last; returns the
+    iteration to continue from."""
+    run.model.load_state_dict(ckpt["model"])
+    run.optimizer.load_state_dict(ckpt["optimizer"])
+    run.scheduler.load_state_dict(ckpt["scheduler"])
+    run.scaler.load_state_dict(ckpt["scaler"])
+    if run.teacher is not None and ckpt.get("teacher") is not None:
+        run.teacher.load_state_dict(ckpt["teacher"])
+    run.gates.load_state_dict(ckpt["gates"])
+    if run.bank is not None and ckpt.get("object_bank") is not None:
+        run.bank.load_state_dict(ckpt["object_bank"])
+    rng = ckpt.get("rng", [])
+    if du.get_rank() < len(rng):
+        set_rng_state(rng[du.get_rank()])
+    return int(ckpt["iteration"])
+
+
+def _loop(run: _Run, loader: Any, writer: MetricWriter, start_iter: int) -> dict[str, Any]:
+    """Iterations ``start_iter .. max_iter``: step, gates, log, checkpoint, evaluation; returns
+    the last evaluation's metrics (empty without ``data.val_json``)."""
+    cfg, max_iter = run.cfg, run.sched.max_iter
+    logger.info("training %d iterations (%d per epoch, %d process(es), device %s)",
+                max_iter, run.sched.iters_per_epoch, du.get_world_size(), run.device)
+    metrics: dict[str, Any] = {}
+    bar = tqdm(total=max_iter, initial=start_iter, disable=not du.is_main_process(),
+               desc="train", dynamic_ncols=True)
+    run.train_model.train()
+    t_last = time.perf_counter()
+    for it in range(start_iter, max_iter):
+        batch = next(loader).to(run.device, non_blocking=True)
+        values, stats, grad_norm = _train_step(run, batch, it)
+        reduced = du.all_reduce_mean(values, run.device)
+        if cfg.loss.mode == "box" and "loss_proj" in reduced:
+            run.gates.update(reduced["loss_proj"])
+        step = it + 1
+        if du.is_main_process():
+            bar.update(1)
+            bar.set_postfix({k.replace("loss_", ""): f"{v:.3f}" for k, v in reduced.items()})
+        if step % cfg.train.log_period == 0 or step == max_iter:
+            now = time.perf_counter()
+            record = _log_record(run, it, reduced, stats, grad_norm,
+                                 sec_per_iter=(now - t_last) / cfg.train.log_period)
+            t_last = now
+            writer.write(step, record, prefix="train/")
+        if step % cfg.train.checkpoint_period == 0 or step == max_iter:
+            _save_checkpoint(run, step)
+        if cfg.data.val_json and (
+            (cfg.train.eval_period > 0 and step % cfg.train.eval_period == 0) or step == max_iter
+        ):
+            metrics = evaluate(cfg, run.model, device=run.device)
+            writer.write(step, metrics, prefix="val/")
+            run.train_model.train()
+    bar.close()
+    return metrics
+
+
+def _train_step(run: _Run, batch: Any, it: int) -> tuple[dict[str, float], dict[str, float],
+                                                          float]:
+    """One iteration at 0-based ``it`` (§4.6): forward passes, losses, backward, clipping,
+    optimizer and schedule step, then the teacher's EMA update and the bank push. Returns this
+    process's loss values, the criterion's stats and the gradient norm (NaN without clipping).
+
+    Raises:
+        NonFiniteLossError: a loss term is NaN or infinite.
+    """
+    cfg, s = run.cfg, run.cfg.solver
+    losses, stats, to_push = _losses(run, batch, it)
+    total = sum(losses.values())
+    values = {k: float(v.detach()) for k, v in losses.items()}
+    if not math.isfinite(float(total.detach())):
+        terms = ", ".join(f"{k}={v:.4g}" for k, v in values.items())
+        raise NonFiniteLossError(f"non-finite loss at iteration {it + 1}: {terms}")
+
+    run.optimizer.zero_grad(set_to_none=True)
+    run.scaler.scale(total).backward()
+    grad_norm = float("nan")
+    if s.clip_grad is not None:
+        run.scaler.unscale_(run.optimizer)
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(
+            [p for p in run.model.parameters() if p.grad is not None], s.clip_grad))
+    run.scaler.step(run.optimizer)
+    run.scaler.update(s.loss_scale if _static_fp16(cfg, run.device) and s.loss_scale > 0
+                      else None)
+    run.scheduler.step()
+
+    if run.teacher is not None:
+        run.teacher.update(run.model, it + 1)
+    if run.bank is not None and to_push is not None:
+        run.bank.push(**to_push)
+    return values, stats, grad_norm
+
+
+def _losses(run: _Run, batch: Any,
+            it: int) -> tuple[dict[str, torch.Tensor], dict[str, float], dict[str, Any] | None]:
+    """Student and teacher forward passes, the correspondence branch (while its gate is open,
+    §4.0) and the criterion. Returns ``(losses, stats, to_push)``: ``loss_corr`` is added
+    whenever the branch exists; ``to_push`` is the branch's bank payload, or ``None``."""
+    cfg, gates, teacher = run.cfg, run.gates, run.teacher
+    with du.amp_autocast(run.device, cfg.solver.amp):
+        out = run.train_model(batch.images, batch.image_sizes)
+        teacher_out = None
+        if teacher is not None and teacher.active:
+            with torch.no_grad():
+                teacher_out = teacher.model(batch.images, batch.image_sizes)
+    box_mode = cfg.loss.mode == "box"
+    ts_active = box_mode and gates.ts_open
+    corr = None
+    if (run.branch is not None and run.bank is not None and ts_active
+            and cfg.crf.mode != "none" and gates.corr_open):
+        corr = run.branch(out, batch.targets, bank=run.bank, teacher_out=teacher_out)
+    losses, stats = run.criterion(
+        out, batch.targets, teacher_out=teacher_out, ts_active=ts_active,
+        image_sizes=batch.image_sizes, box_scale=box_warmup(it, cfg.loss.box_warmup_iters),
+        extra_ts_terms=None if corr is None else corr.ts_terms)
+    if run.branch is not None:
+        zero = out.mask_feat.float().sum() * 0.0  # keeps the key attached while the gate is shut
+        losses["loss_corr"] = (corr.loss_corr if corr is not None else 0.0) + zero
+    return losses, stats, None if corr is None else corr.to_push
+
+
+def _log_record(run: _Run, it: int, reduced: dict[str, float], stats: dict[str, float],
+                grad_norm: float, *, sec_per_iter: float) -> dict[str, float]:
+    """One ``train/`` record: the losses averaged over ranks, their sum, the learning rate,
+    the gradient norm, timing, the gate average, whether the teacher is on, the criterion's
+    stats and, with the box warm-up, its scale."""
+    teacher = run.teacher
+    record = {**reduced, "loss": sum(reduced.values()),
+              "lr": run.optimizer.param_groups[0]["lr"], "grad_norm": grad_norm,
+              "sec_per_iter": sec_per_iter, "gate_avg": run.gates.avg,
+              "teacher_on": float(teacher is not None and teacher.active), **stats}
+    if run.cfg.loss.mode == "box" and run.cfg.loss.box_warmup_iters > 0:
+        record["box_scale"] = box_warmup(it, run.cfg.loss.box_warmup_iters)
+    return record
+
+
+def _save_checkpoint(run: _Run, iteration: int) -> None:
+    """Every state :func:`_restore` reads, with every rank's RNG state (gathered on all ranks,
+    written by the main process)."""
+    states = du.all_gather_objects(rng_state())
+    if not du.is_main_process():
+        return
+    cfg = run.cfg
+    save_checkpoint(
+        {
+            "model": run.model.state_dict(),
+            "optimizer": run.optimizer.state_dict(),
+            "scheduler": run.scheduler.state_dict(),
+            "scaler": run.scaler.state_dict(),
+            "teacher": run.teacher.state_dict() if run.teacher is not None else None,
+            "gates": run.gates.state_dict(),
+            "object_bank": run.bank.state_dict() if run.bank is not None else None,
+            "iteration": iteration,
+            "rng": states,
+            "config": cfg.to_dict(),
+            "world_size": du.get_world_size(),
+        },
+        Path(cfg.train.output_dir),
+        iteration,
+        keep=cfg.train.keep_checkpoints,
+    )
+
+
+def _save_final(run: _Run, metrics: dict[str, Any]) -> None:
+    """``model_final.pth`` (and ``model_final_teacher.pth`` once the teacher is on, in the same
+    release format) and ``metrics_final.json`` when there was an evaluation."""
+    cfg, out_dir, max_iter = run.cfg, Path(run.cfg.train.output_dir), run.sched.max_iter
+    save_release(run.model.state_dict(), cfg.to_dict(), max_iter, out_dir / "model_final.pth")
+    if run.teacher is not None and run.teacher.active:
+        save_release(run.teacher.model.state_dict(), cfg.to_dict(), max_iter,
+                     out_dir / "model_final_teacher.pth")
+    if metrics:
+        atomic_write_text(json.dumps(metrics, indent=2), out_dir / "metrics_final.json")
+
+
+@dataclass
 class Schedule:
+    """The run's length in iterations and its learning-rate steps."""
+
     max_iter: int
     steps: tuple[int, ...]  # iterations at which lr *= gamma
     iters_per_epoch: int
@@ -64,7 +353,7 @@ def make_schedule(cfg: Config, iters_per_epoch: int) -> Schedule:
 
 def lr_factor(iteration: int, *, warmup_iters: int, warmup_ratio: float,
               steps: tuple[int, ...], gamma: float) -> float:
-    """Linear warm-up (mmcv: ``1 - (1 - i/W)(1 - r)``) times step decay (METHOD.md §6)."""
+    """Linear warm-up (mmcv: ``1 - (1 - i/W)(1 - r)``) times step decay (docs/method.md §6)."""
     factor = gamma ** sum(iteration >= s for s in steps)
     if iteration < warmup_iters:
         factor *= 1.0 - (1.0 - iteration / warmup_iters) * (1.0 - warmup_ratio)
@@ -72,25 +361,22 @@ def lr_factor(iteration: int, *, warmup_iters: int, warmup_ratio: float,
 
 
 def build_optimizer(cfg: Config, model: torch.nn.Module) -> torch.optim.SGD:
-    """SGD with weight decay on every trainable parameter (METHOD.md §6)."""
+    """SGD with weight decay on every trainable parameter (docs/method.md §6)."""
     params = [p for p in model.parameters() if p.requires_grad]
     s = cfg.solver
     return torch.optim.SGD(params, lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay)
 
 
 def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's generators (each rank passes ``train.seed + rank``)."""
     random.seed(seed)
     np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
 
 
-def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    return model.module if isinstance(model, DistributedDataParallel) else model
-
-
 def _warn_random_init_frozen(cfg: Config) -> None:
-    """Frozen stages and frozen BN statistics (§2.2) assume pretrained weights: from random init
-    they freeze random filters and make every BatchNorm the identity."""
+    """Frozen stages and frozen BN statistics (docs/method.md §2.2) assume pretrained weights:
+    from random init they freeze random filters and make every BatchNorm the identity."""
     b = cfg.model.backbone
     if b.weights is None and (b.frozen_stages >= 0 or b.norm_eval):
         logger.warning(
@@ -102,8 +388,8 @@ def _warn_random_init_frozen(cfg: Config) -> None:
 
 
 def _warn_crop_without_tiles(cfg: Config) -> None:
-    """SOLOv2's grid is relative to the input (§2): a model trained on crops evaluated on whole,
-    larger images loses most of its AP (droplets: 74.8 -> 2.1 mask AP, BENCHMARKS.md)."""
+    """SOLOv2's grid is relative to the input (docs/method.md §2): a model trained on crops and
+    evaluated on whole, larger images loses most of its AP (BENCHMARKS.md "Droplets on crops")."""
     crop = cfg.data.train_crop
     if crop is None or cfg.test.tile is not None:
         return
@@ -114,202 +400,3 @@ def _warn_crop_without_tiles(cfg: Config) -> None:
             "images of up to %dx%d, and SOLOv2's grid is relative to its input, so a model "
             "trained on crops loses most of its AP there (BENCHMARKS.md, droplets). Set "
             "test.tile=[%d,%d].", list(crop), short_side, long_side, crop[0], crop[1])
-
-
-def train(cfg: Config, *, resume: bool = False) -> dict[str, Any]:
-    """Train ``cfg``; returns the final metrics (and ``output_dir``, ``iteration``)."""
-    device = du.resolve_device(cfg.train.device)
-    du.init_distributed(device)
-    rank, world = du.get_rank(), du.get_world_size()
-    out_dir = Path(cfg.train.output_dir)
-    setup_logger(out_dir, rank=rank)
-
-    # Resume: the checkpoint's config wins for everything but the output folder.
-    ckpt = None
-    if resume:
-        last = find_last_checkpoint(out_dir)
-        if last is None:
-            logger.warning("--resume: no checkpoint in %s, starting from scratch", out_dir)
-        else:
-            ckpt = load_checkpoint_file(last)
-            logger.info("resuming from %s (iteration %d)", last, ckpt["iteration"])
-    seed_everything(cfg.train.seed + rank)
-
-    dataset = build_train_dataset(cfg)
-    _warn_random_init_frozen(cfg)
-    _warn_crop_without_tiles(cfg)
-    model = build_model(cfg).to(device)
-    for key in ("ts_ramp_iters", "box_warmup_iters", "box_warmup_weight"):
-        if getattr(cfg.loss, key) < 0:
-            raise ConfigError(f"loss.{key} must be >= 0, got {getattr(cfg.loss, key)}")
-    criterion = build_criterion(cfg)
-    bank = build_object_bank(cfg)  # lives outside the model, updated below (§5.2)
-    if bank is not None:
-        bank = bank.to(device)
-    optimizer = build_optimizer(cfg, model)
-    iters_per_epoch = max(1, len(dataset) // (cfg.data.batch_size * world))
-    sched = make_schedule(cfg, iters_per_epoch)
-    s = cfg.solver
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer,
-        lambda i: lr_factor(i, warmup_iters=s.warmup_iters, warmup_ratio=s.warmup_ratio,
-                            steps=sched.steps, gamma=s.gamma),
-    )
-    use_scaler = device.type == "cuda" and s.amp == "fp16"
-    scaler = torch.amp.GradScaler(device.type, enabled=use_scaler,
-                                  init_scale=s.loss_scale if s.loss_scale > 0 else 2.0**16)
-    box_mode = cfg.loss.mode == "box"
-    teacher = None
-    if box_mode and cfg.teacher.enabled and cfg.crf.mode != "none":
-        teacher = EMATeacher(student=model, momentum=cfg.teacher.momentum,
-                             start_iter=cfg.teacher.start_iter, warmup=cfg.teacher.warmup)
-    g = cfg.gates
-    gates = LossGates(init=g.init, momentum=g.momentum, ts_thresh=g.ts_thresh,
-                      corr_thresh=g.corr_thresh, enabled=g.enabled)
-
-    start_iter = 0
-    if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        scaler.load_state_dict(ckpt["scaler"])
-        if teacher is not None and ckpt.get("teacher") is not None:
-            teacher.load_state_dict(ckpt["teacher"])
-        gates.load_state_dict(ckpt["gates"])
-        if bank is not None and ckpt.get("object_bank") is not None:
-            bank.load_state_dict(ckpt["object_bank"])
-        start_iter = int(ckpt["iteration"])
-        rng = ckpt.get("rng", [])
-        if rank < len(rng):
-            set_rng_state(rng[rank])
-
-    if du.is_main_process():
-        out_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(cfg.to_yaml(), out_dir / "config.yaml")
-    train_model: torch.nn.Module = model
-    if world > 1:
-        train_model = DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None
-        )
-    loader = build_train_loader_from_config(cfg, dataset, rank=rank, world_size=world,
-                                            start_iter=start_iter)
-    writer = MetricWriter(out_dir, enabled=du.is_main_process(),
-                          tensorboard=cfg.train.tensorboard)
-
-    def checkpoint(iteration: int) -> None:
-        states = du.all_gather_objects(rng_state())
-        if not du.is_main_process():
-            return
-        save_checkpoint(
-            {
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict(),
-                "teacher": teacher.state_dict() if teacher is not None else None,
-                "gates": gates.state_dict(),
-                "object_bank": bank.state_dict() if bank is not None else None,
-                "iteration": iteration,
-                "rng": states,
-                "config": cfg.to_dict(),
-                "world_size": world,
-            },
-            out_dir,
-            iteration,
-            keep=cfg.train.keep_checkpoints,
-        )
-
-    logger.info("training %d iterations (%d per epoch, %d process(es), device %s)",
-                sched.max_iter, iters_per_epoch, world, device)
-    metrics: dict[str, Any] = {}
-    bar = tqdm(total=sched.max_iter, initial=start_iter, disable=not du.is_main_process(),
-               desc="train", dynamic_ncols=True)
-    train_model.train()
-    t_last = time.perf_counter()
-    for it in range(start_iter, sched.max_iter):
-        batch = next(loader).to(device, non_blocking=True)
-        with du.amp_autocast(device, s.amp):
-            out = train_model(batch.images, batch.image_sizes)
-            teacher_out = None
-            if teacher is not None and teacher.active:
-                with torch.no_grad():
-                    teacher_out = teacher.model(batch.images, batch.image_sizes)
-        ts_scale = ts_ramp(it, cfg.loss.ts_ramp_iters)
-        box_scale = box_warmup(it, cfg.loss.box_warmup_iters)
-        losses = criterion(out, batch.targets, teacher_out=teacher_out,
-                           ts_active=box_mode and gates.ts_open, image_sizes=batch.image_sizes,
-                           bank=bank, corr_active=box_mode and gates.corr_open,
-                           ts_scale=ts_scale, box_scale=box_scale)
-        total = sum(losses.values())
-        values = {k: float(v.detach()) for k, v in losses.items()}
-        if not math.isfinite(float(total.detach())):
-            terms = ", ".join(f"{k}={v:.4g}" for k, v in values.items())
-            raise NonFiniteLossError(f"non-finite loss at iteration {it + 1}: {terms}")
-
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(total).backward()
-        grad_norm = float("nan")
-        if s.clip_grad is not None:
-            scaler.unscale_(optimizer)
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(
-                [p for p in model.parameters() if p.grad is not None], s.clip_grad))
-        scaler.step(optimizer)
-        scaler.update(s.loss_scale if use_scaler and s.loss_scale > 0 else None)
-        scheduler.step()
-
-        if teacher is not None:
-            teacher.update(model, it + 1)
-        if bank is not None and criterion.corr_result is not None:
-            bank.push(**criterion.corr_result.to_push)
-        reduced = du.all_reduce_mean(values, device)
-        if box_mode and "loss_proj" in reduced:
-            gates.update(reduced["loss_proj"])
-
-        step = it + 1
-        if du.is_main_process():
-            bar.update(1)
-            bar.set_postfix({k.replace("loss_", ""): f"{v:.3f}" for k, v in reduced.items()})
-        if step % cfg.train.log_period == 0 or step == sched.max_iter:
-            now = time.perf_counter()
-            record = {**reduced, "loss": sum(reduced.values()),
-                      "lr": optimizer.param_groups[0]["lr"], "grad_norm": grad_norm,
-                      "sec_per_iter": (now - t_last) / cfg.train.log_period,
-                      "gate_avg": gates.avg, "teacher_on": float(teacher is not None
-                                                                 and teacher.active)}
-            if cfg.loss.ts_ramp_iters > 0:
-                record["ts_scale"] = ts_scale
-            if box_mode and cfg.loss.box_warmup_iters > 0:
-                record["box_scale"] = box_scale
-            if criterion.ts_object_fraction is not None:
-                record["ts_object_fraction"] = criterion.ts_object_fraction
-            t_last = now
-            writer.write(step, record, prefix="train/")
-        if step % cfg.train.checkpoint_period == 0 or step == sched.max_iter:
-            checkpoint(step)
-        if cfg.data.val_json and (
-            (cfg.train.eval_period > 0 and step % cfg.train.eval_period == 0)
-            or step == sched.max_iter
-        ):
-            metrics = evaluate(cfg, model, device=device)
-            writer.write(step, metrics, prefix="val/")
-            train_model.train()
-    bar.close()
-    writer.close()
-    du.barrier()
-    if du.is_main_process():
-        save_release(model.state_dict(), cfg.to_dict(), sched.max_iter,
-                     out_dir / "model_final.pth")
-        if teacher is not None and teacher.active:
-            # the EMA teacher in the same release format (`test --weights` takes either)
-            save_release(teacher.model.state_dict(), cfg.to_dict(), sched.max_iter,
-                         out_dir / "model_final_teacher.pth")
-    if du.is_main_process() and metrics:
-        import json
-
-        atomic_write_text(json.dumps(metrics, indent=2), out_dir / "metrics_final.json")
-    return {"output_dir": str(out_dir), "iteration": sched.max_iter, **metrics}
-
-
-def config_of_checkpoint(ckpt: dict[str, Any]) -> Config | None:
-    data = ckpt.get("config")
-    return config_from_dict(data) if isinstance(data, dict) else None

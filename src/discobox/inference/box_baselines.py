@@ -1,4 +1,4 @@
-"""The two box-only baselines every pseudo-mask claim is measured against (METHOD.md §8.1):
+"""The two box-only baselines every pseudo-mask claim is measured against (docs/method.md §8.1):
 the filled box and OpenCV GrabCut initialised from the box. Both confine a mask to the box's
 pixels (pixel-centre rule, :func:`discobox.inference.box_conditioned.box_region`)."""
 
@@ -12,6 +12,7 @@ import cv2
 import numpy as np
 import torch
 
+from ..errors import InvalidInputError
 from .box_conditioned import box_region as _box_region
 
 logger = logging.getLogger("discobox")
@@ -22,7 +23,7 @@ _MIN_CONTEXT_PX = 8  # smallest margin around a box for context= GrabCut
 def check_grabcut_context(context: float | None, name: str = "GrabCut context") -> None:
     """Raise ``ValueError`` (naming ``name``) unless ``context`` is ``None`` or finite ``>= 0``."""
     if context is not None and not (math.isfinite(context) and context >= 0):
-        raise ValueError(f"{name} must be a finite number >= 0 or None, got {context}")
+        raise InvalidInputError(f"{name} must be a finite number >= 0 or None, got {context}")
 
 
 def box_masks(boxes_xyxy: torch.Tensor | np.ndarray, height: int, width: int) -> torch.Tensor:
@@ -43,12 +44,12 @@ def grabcut_mask(
         image_rgb: ``uint8[H, W, 3]`` RGB.
         box: xyxy in pixels.
         iters: GrabCut iterations.
-        context: ``None`` (default) runs GrabCut on the full image, as the reference baseline of
-            ``../shared/data/README.md``. A number runs it on a crop around the box only: the box
+        context: ``None`` (default) runs GrabCut on the full image (the reference baseline).
+            A number runs it on a crop around the box only: the box
             grown by ``context`` times its width/height on each side (at least 8 px), clipped to
             the image. The background model then sees only the box's surroundings; the cost
             follows the crop instead of the image, which matters for small boxes in large images
-            (BENCHMARKS.md, "GrabCut context": quality goes either way per data set).
+            (BENCHMARKS.md, "Box-conditioned pseudo-labels": quality goes either way per data set).
 
     Returns:
         ``bool[H, W]`` mask (definite + probable foreground, confined to the box) and whether

@@ -1,8 +1,8 @@
-"""Box-conditioned inference: one mask per given box from SOLOv2's per-cell kernels (§8.1).
+"""Box-conditioned inference: one mask per given box from SOLOv2's per-cell kernels.
 
-The official ``BoxConditionalInference`` cannot run (METHOD.md §8.1, §12.1: ``get_seg`` does not
-accept ``gt_bboxes``, and the head-side logic was never committed). This module implements the
-intent, following the reconstruction of §8.1 step by step:
+The official ``BoxConditionalInference`` cannot run (docs/method.md §8.1, §12.1: ``get_seg``
+does not accept ``gt_bboxes``, and the head-side logic was never committed). This module
+implements the intent, following the reconstruction of docs/method.md §8.1 step by step:
 
 1. each box (original image frame) is rescaled to the test scale exactly as ``Resize`` does it
    (factors ``w_img / W0`` and ``h_img / H0``, clipped to the resized image);
@@ -13,8 +13,8 @@ intent, following the reconstruction of §8.1 step by step:
    ``best_target_single`` alone picks, for scales between the point where two mids are equally
    far and the next range's lower bound, a level the object was never trained on (official
    ranges: 30.7-48 px goes to level 1, trained on level 0 only; the CPU recipe: 22.6-32 px),
-   and the kernel there gives an empty mask (droplets at short side 256, median object 27 px:
-   138 of 169 boxes fell back to the filled box before, BENCHMARKS.md). Its cell is
+   and the kernel there gives an empty mask (BENCHMARKS.md, "Box-conditioned pseudo-labels").
+   Its cell is
    ``floor(c / H_pad * S)`` of the centre of mass of the rounded, inclusive box mask (§3.3),
    with ``H_pad, W_pad = 4 h, 4 w`` the padded size;
 3. that cell's kernel gives ``sigmoid(kernel . mask_feat)`` (§2.7);
@@ -44,7 +44,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..modeling.crf.pseudo_labels import CRFParams, box_masks, check_refine_mode, crf_pseudo_labels
+from ..modeling.crf.params import CRFParams, check_refine_mode
+from ..modeling.crf.pseudo_labels import box_masks, crf_pseudo_labels
 from ..modeling.solov2.head import dynamic_mask_logits
 from ..modeling.solov2.outputs import HeadOutput
 from ..modeling.solov2.targets import DEFAULT_SCALE_RANGES, box_center_of_mass, scale_mids
@@ -139,8 +140,27 @@ class BoxMasks:
     source: Tensor
 
 
+@dataclass
+class _ImageContext:
+    """Per-image state of :meth:`BoxConditionedInference.__call__`, shared by its chunks."""
+
+    mask_feat: Tensor  # float32[E, h, w]
+    labels: Tensor  # int64[N]
+    regions: Tensor  # int64[N, 4] pixel region in the original frame
+    level: Tensor  # int64[N]
+    rows: Tensor  # int64[N]
+    cols: Tensor  # int64[N]
+    grids: list[int]  # S per level
+    R: Tensor  # float32[H0, h] row paste matrix
+    C: Tensor  # float32[W0, w] column paste matrix
+    kernels: list[Tensor]  # per level float32[E, S*S]
+    scores: list[Tensor]  # per level float32[C, S*S] sigmoid class scores
+    image_q: Tensor | None  # the CRF's 1/4-res image (refine only)
+    quarter_boxes: Tensor | None  # [N, h, w] box masks at 1/4 res (refine only)
+
+
 class BoxConditionedInference:
-    """One mask per given box (METHOD.md §8.1 reconstruction; see the module docstring).
+    """One mask per given box (docs/method.md §8.1 reconstruction; see the module docstring).
 
     Args:
         mask_thr: binarisation threshold of the pasted soft mask (``cfg.test.mask_thr``).
@@ -236,6 +256,21 @@ class BoxConditionedInference:
                 leaves the window gets no mask outside it (:meth:`tile_for_boxes` picks the
                 window that holds the box best).
         """
+        ctx = self._image_context(out, index, boxes=boxes, labels=labels, image_size=image_size,
+                                  orig_size=orig_size, window=window)
+        if ctx is None:
+            return
+        n = ctx.labels.shape[0]
+        for start in range(0, n, self.chunk_size):
+            yield self._chunk(ctx, torch.arange(start, min(start + self.chunk_size, n)))
+
+    def _image_context(
+        self, out: HeadOutput, index: int, *, boxes: Tensor, labels: Tensor,
+        image_size: tuple[int, int], orig_size: tuple[int, int],
+        window: tuple[int, int, int, int] | None,
+    ) -> _ImageContext | None:
+        """Everything the chunks of one image share (arguments as :meth:`__call__`); ``None``
+        without boxes."""
         mask_feat = out.mask_feat[index].float()  # [E, h, w]
         device = mask_feat.device
         _, h, w = mask_feat.shape
@@ -246,59 +281,57 @@ class BoxConditionedInference:
         H0, W0 = int(orig_size[0]), int(orig_size[1])
         boxes = boxes.detach().float().cpu().reshape(-1, 4)
         labels = labels.detach().long().cpu().reshape(-1)
-        n = boxes.shape[0]
-        if n == 0:
-            return
+        if boxes.shape[0] == 0:
+            return None
         factor = torch.tensor([w_full / W0, h_full / H0, w_full / W0, h_full / H0])
         resized = boxes * factor - torch.tensor([x_off, y_off, x_off, y_off], dtype=torch.float32)
         resized[:, 0::2] = resized[:, 0::2].clamp(0, w_img)
         resized[:, 1::2] = resized[:, 1::2].clamp(0, h_img)
         grids = [int(k.shape[-1]) for k in out.kernels]
         level, rows, cols = self.select_cells(resized, padded_size=padded, num_grids=grids)
-        regions = box_region(boxes, H0, W0)
-        R = paste_matrix(h, h_img, H0, offset=y_off, n_full=h_full, device=device)  # [H0, h]
-        C = paste_matrix(w, w_img, W0, offset=x_off, n_full=w_full, device=device)  # [W0, w]
-        kernels = [k[index].float().flatten(1) for k in out.kernels]  # [E, S*S]
-        scores = [c[index].float().sigmoid().flatten(1) for c in out.cate_logits]  # [C, S*S]
         image_q = quarter_boxes = None
         if self.refine is not None:  # the CRF's colours and box masks at 1/4 res (§4.3)
             image_q = out.quarter_images(index)
             quarter_boxes = box_masks(resized, h, w, stride=4).to(device)
+        return _ImageContext(
+            mask_feat=mask_feat, labels=labels, regions=box_region(boxes, H0, W0),
+            level=level, rows=rows, cols=cols, grids=grids,
+            R=paste_matrix(h, h_img, H0, offset=y_off, n_full=h_full, device=device),
+            C=paste_matrix(w, w_img, W0, offset=x_off, n_full=w_full, device=device),
+            kernels=[k[index].float().flatten(1) for k in out.kernels],
+            scores=[c[index].float().sigmoid().flatten(1) for c in out.cate_logits],
+            image_q=image_q, quarter_boxes=quarter_boxes,
+        )
 
-        for start in range(0, n, self.chunk_size):
-            sel = torch.arange(start, min(start + self.chunk_size, n))
-            lv, cells = level[sel], rows[sel] * torch.tensor(grids)[level[sel]] + cols[sel]
-            kern = torch.stack([kernels[int(a)][:, int(c)] for a, c in zip(lv, cells)])
-            score = torch.stack(
-                [self._score(scores[int(a)], int(c), int(lb)) for a, c, lb in zip(lv, cells,
-                                                                                  labels[sel])]
-            )
-            soft = dynamic_mask_logits(kern, mask_feat).sigmoid()  # [n, h, w]
-            if self.refine is not None:
-                soft = crf_pseudo_labels(soft, quarter_boxes[sel.to(device)], image_q,
-                                         mode=self.refine, params=self.refine_params)
-            crops, source = [], []
-            for k, i in enumerate(sel.tolist()):
-                crop = self._paste(soft[k], R, C, regions[i])
-                src = SOURCE_CELL
-                if not bool(crop.any()) and self.neighbour_fallback:
-                    crop, score[k], found = self._neighbours(
-                        kernels, scores, mask_feat, R, C, regions[i], int(level[i]),
-                        int(rows[i]), int(cols[i]), grids[int(level[i])], int(labels[i]),
-                    )
-                    src = SOURCE_NEIGHBOUR if found else SOURCE_CELL
-                if not bool(crop.any()):
-                    crop = torch.ones_like(crop)
-                    src = SOURCE_BOX
-                crops.append(crop.cpu())
-                source.append(src)
-            yield BoxMasks(
-                index=sel,
-                regions=regions[sel],
-                crops=crops,
-                scores=score.cpu(),
-                source=torch.tensor(source, dtype=torch.int64),
-            )
+    def _chunk(self, ctx: _ImageContext, sel: Tensor) -> BoxMasks:
+        """Masks of the boxes ``sel`` (``int64[n]``) of one image (steps 3-6)."""
+        lv = ctx.level[sel]
+        cells = ctx.rows[sel] * torch.tensor(ctx.grids)[lv] + ctx.cols[sel]
+        kern = torch.stack([ctx.kernels[int(a)][:, int(c)] for a, c in zip(lv, cells)])
+        score = torch.stack([self._score(ctx.scores[int(a)], int(c), int(lb))
+                             for a, c, lb in zip(lv, cells, ctx.labels[sel])])
+        soft = dynamic_mask_logits(kern, ctx.mask_feat).sigmoid()  # [n, h, w]
+        if self.refine is not None:
+            soft = crf_pseudo_labels(soft, ctx.quarter_boxes[sel.to(soft.device)], ctx.image_q,
+                                     mode=self.refine, params=self.refine_params)
+        crops, source = [], []
+        for k, i in enumerate(sel.tolist()):
+            crop = self._paste(soft[k], ctx.R, ctx.C, ctx.regions[i])
+            src = SOURCE_CELL
+            if not bool(crop.any()) and self.neighbour_fallback:
+                crop, score[k], found = self._neighbours(
+                    ctx.kernels, ctx.scores, ctx.mask_feat, ctx.R, ctx.C, ctx.regions[i],
+                    int(ctx.level[i]), int(ctx.rows[i]), int(ctx.cols[i]),
+                    ctx.grids[int(ctx.level[i])], int(ctx.labels[i]),
+                )
+                src = SOURCE_NEIGHBOUR if found else SOURCE_CELL
+            if not bool(crop.any()):
+                crop = torch.ones_like(crop)
+                src = SOURCE_BOX
+            crops.append(crop.cpu())
+            source.append(src)
+        return BoxMasks(index=sel, regions=ctx.regions[sel], crops=crops, scores=score.cpu(),
+                        source=torch.tensor(source, dtype=torch.int64))
 
     @staticmethod
     def tile_for_boxes(

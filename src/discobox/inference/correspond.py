@@ -1,4 +1,4 @@
-"""``discobox correspond``: dense semantic correspondence between two objects in two images.
+"""Dense semantic correspondence between two objects in two images.
 
 Each object is given by a box (``--box-a``/``--box-b``, xyxy pixels) or, without boxes, found
 with :class:`discobox.inference.predictor.Predictor`: the class detected in both images whose
@@ -16,7 +16,6 @@ greedy minimum-distance rule.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 from pathlib import Path
@@ -25,6 +24,13 @@ from typing import Any
 import cv2
 import numpy as np
 import torch
+
+from ..checkpoint.io import atomic_write_text
+from ..data.images import read_image
+from ..errors import InvalidInputError
+from ..modeling.correspondence.dense_match import image_features, match_features
+from .predictor import Predictor
+from .visualize import palette, side_by_side
 
 logger = logging.getLogger("discobox")
 
@@ -36,7 +42,7 @@ def parse_box(text: str) -> list[float]:
     except ValueError:
         v = []
     if len(v) != 4 or v[2] <= v[0] or v[3] <= v[1]:
-        raise ValueError(f"bad box {text!r}: expected x0,y0,x1,y1 with x1 > x0 and y1 > y0")
+        raise InvalidInputError(f"bad box {text!r}: expected x0,y0,x1,y1 with x1 > x0 and y1 > y0")
     return v
 
 
@@ -47,8 +53,8 @@ def detect_pair(predictor: Any, image_a: np.ndarray, image_b: np.ndarray,
     best: tuple[float, int, int, int] | None = None
     for name, i in (("first", 0), ("second", 1)):
         if not (len(inst[i]) and (inst[i].scores >= score_thr).any()):
-            raise ValueError(f"no detection with score >= {score_thr} in the {name} image; "
-                             "pass --box-a and --box-b")
+            raise InvalidInputError(f"no detection with score >= {score_thr} in the {name} image; "
+                                    "pass --box-a and --box-b")
     a, b = inst
     for label in set(a.labels.tolist()) & set(b.labels.tolist()):
         ia = int(torch.where(a.labels == label, a.scores, -1.0).argmax())
@@ -59,8 +65,8 @@ def detect_pair(predictor: Any, image_a: np.ndarray, image_b: np.ndarray,
         if best is None or s > best[0]:
             best = (s, label, ia, ib)
     if best is None:
-        raise ValueError(f"no class detected in both images with score >= {score_thr}; "
-                         "pass --box-a and --box-b")
+        raise InvalidInputError(f"no class detected in both images with score >= {score_thr}; "
+                                "pass --box-a and --box-b")
     _, label, ia, ib = best
     names = predictor.class_names
     return {"box_a": a.boxes[ia].tolist(), "box_b": b.boxes[ib].tolist(), "label": label,
@@ -75,7 +81,7 @@ def _crop(image: np.ndarray, box: list[float], margin: float) -> tuple[np.ndarra
     c = [max(0, int(np.floor(x0 - mx))), max(0, int(np.floor(y0 - my))),
          min(w, int(np.ceil(x1 + mx))), min(h, int(np.ceil(y1 + my)))]
     if c[2] - c[0] < 2 or c[3] - c[1] < 2:
-        raise ValueError(f"box {box} is empty inside the {w}x{h} image")
+        raise InvalidInputError(f"box {box} is empty inside the {w}x{h} image")
     return image[c[1]:c[3], c[0]:c[2]], c
 
 
@@ -103,8 +109,6 @@ def select_matches(conf: torch.Tensor, src_xy: torch.Tensor, trg_xy: torch.Tenso
 def draw_matches(image_a: np.ndarray, image_b: np.ndarray, matches: list[dict],
                  boxes: tuple[list[float], list[float]]) -> np.ndarray:
     """Side-by-side RGB canvas with both boxes and one coloured line per match."""
-    from .visualize import palette, side_by_side
-
     pad = 8
     canvas = side_by_side([image_a, image_b], pad=pad).copy()
     off = image_a.shape[1] + pad
@@ -129,13 +133,9 @@ def correspond(
     margin: float = 0.1, config: str | Path | None = None, device: str | None = None,
 ) -> dict[str, Any]:
     """Match the objects of two images; writes the PNG and JSON, returns the JSON dict."""
-    from ..checkpoint.io import atomic_write_text
-    from ..data.coco import read_image
-    from ..modeling.correspondence.dense_match import image_features, match_features
-    from .predictor import Predictor
-
     if (box_a is None) != (box_b is None):
-        raise ValueError("pass both --box-a and --box-b, or neither (then detections are used)")
+        raise InvalidInputError(
+            "pass both --box-a and --box-b, or neither (then detections are used)")
     img_a, img_b = read_image(image_a), read_image(image_b)
     predictor = Predictor.from_checkpoint(weights, config=config, device=device)
     info: dict[str, Any] = {}
@@ -172,32 +172,3 @@ def correspond(
     atomic_write_text(json.dumps(result, indent=2), out / f"{stem}.json")
     logger.info("wrote %s.png and %s.json (%d matches)", out / stem, out / stem, len(matches))
     return result
-
-
-def cmd_correspond(args: argparse.Namespace) -> int:
-    result = correspond(
-        weights=args.weights, image_a=args.image_a, image_b=args.image_b, output=args.output,
-        box_a=parse_box(args.box_a) if args.box_a else None,
-        box_b=parse_box(args.box_b) if args.box_b else None, num_points=args.num_points,
-        img_side=args.img_side, score_thr=args.score_thr, config=args.config,
-        device=args.device,
-    )
-    print(f"{len(result['matches'])} matches written to {args.output}")
-    return 0
-
-
-def register(sub: argparse._SubParsersAction) -> None:
-    """Add ``discobox correspond`` to the CLI."""
-    p = sub.add_parser("correspond", help="dense correspondence between objects of two images")
-    p.add_argument("image_a")
-    p.add_argument("image_b")
-    p.add_argument("--weights", required=True)
-    p.add_argument("--output", required=True, help="output folder")
-    p.add_argument("--box-a", default=None, metavar="X0,Y0,X1,Y1")
-    p.add_argument("--box-b", default=None, metavar="X0,Y0,X1,Y1")
-    p.add_argument("--num-points", type=int, default=20)
-    p.add_argument("--img-side", type=int, default=240, help="longer side of each crop")
-    p.add_argument("--score-thr", type=float, default=0.3, help="detections below are ignored")
-    p.add_argument("--config", default=None)
-    p.add_argument("--device", default=None)
-    p.set_defaults(func=cmd_correspond)

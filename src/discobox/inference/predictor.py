@@ -1,4 +1,5 @@
-"""Inference on images: the public :class:`Predictor` and the ``discobox predict`` verb."""
+"""Inference on images: :func:`predict_batch`, the public :class:`Predictor` and
+:func:`predict_files` (the library side of ``discobox predict``)."""
 
 from __future__ import annotations
 
@@ -7,22 +8,23 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from ..checkpoint.io import atomic_write_text
 from ..checkpoint.load import load_model
 from ..config import Config
-from ..data.coco import read_image
+from ..data.coco_results import instances_to_coco
+from ..data.images import ImageNotFoundError, read_image
 from ..data.loader import collate
 from ..data.transforms import build_transforms
-from ..engine.distributed import amp_autocast
-from ..engine.evaluator import instances_to_coco
+from ..device import amp_autocast
 from ..modeling.build import build_postprocessor
-from ..modeling.solov2.postprocess import SOLOv2PostProcessor, masks_to_boxes
+from ..modeling.solov2.postprocess import SOLOv2PostProcessor
 from ..structures import ImageBatch, Instances
+from .tiling import predict_tiled
 from .visualize import draw_instances
 
 logger = logging.getLogger("discobox")
@@ -35,6 +37,9 @@ def predict_batch(
 ) -> list[Instances]:
     """Model + post-processing for a batch; masks come back at each image's original size.
 
+    Returns one :class:`Instances` per image: ``masks`` ``bool[N, H0, W0]``, ``boxes``
+    ``float[N, 4]`` xyxy, ``scores`` ``[N]``, ``labels`` ``int64[N]`` (model classes).
+
     With ``tile`` (``(height, width)``, config ``test.tile``) each resized image larger than a
     tile is predicted window by window (:func:`predict_tiled`), for models trained with
     ``data.train_crop``.
@@ -45,128 +50,6 @@ def predict_batch(
     with amp_autocast(batch.images.device, amp):
         out = model(batch.images, batch.image_sizes)
     return post(out, image_sizes=batch.image_sizes, orig_sizes=batch.orig_sizes)
-
-
-def tile_starts(size: int, tile: int, overlap: float) -> list[int]:
-    """Window origins along one axis: windows of ``tile`` pixels covering ``[0, size)``, evenly
-    spread, consecutive ones overlapping by at least ``overlap * tile``; one window if it fits."""
-    if size <= tile:
-        return [0]
-    step = max(1.0, tile * (1.0 - overlap))
-    n = int(np.ceil((size - tile) / step)) + 1
-    return [int(round(i * (size - tile) / (n - 1))) for i in range(n)]
-
-
-def _core_bounds(starts: list[int], tile: int, size: int) -> list[tuple[float, float]]:
-    """The part of the axis each window answers for: overlaps split at their middle."""
-    cuts = [0.0] + [(starts[k] + starts[k - 1] + tile) / 2 for k in range(1, len(starts))]
-    return [(cuts[k], cuts[k + 1] if k + 1 < len(cuts) else float(size))
-            for k in range(len(starts))]
-
-
-def tile_windows(
-    h: int, w: int, tile: Sequence[int], overlap: float, *, size_divisor: int = 32,
-    padded: tuple[int, int] | None = None,
-) -> tuple[int, int, list[tuple[int, int, tuple[float, float], tuple[float, float]]]]:
-    """The sliding windows of :func:`predict_tiled` on a resized image of ``h x w`` pixels.
-
-    Args:
-        tile: ``(height, width)``, rounded up to ``size_divisor``.
-        overlap: in ``[0, 0.9]``.
-        padded: the padded tensor size, to which a window is cut (default ``(h, w)`` rounded
-            up to ``size_divisor``).
-
-    Returns:
-        ``(th, tw, windows)``: the window size and, per window, ``(y0, x0, ycore, xcore)``
-        with ``ycore``/``xcore`` the ``(lo, hi)`` span of the axis it answers for.
-    """
-    if len(tile) != 2 or min(int(v) for v in tile) <= 0:
-        raise ValueError(f"test.tile must be [height, width] of positive integers, got {tile!r}")
-    if not 0.0 <= overlap <= 0.9:
-        raise ValueError(f"test.tile_overlap must be in [0, 0.9], got {overlap}")
-    div = int(size_divisor)
-    th, tw = (int(-(-int(v) // div) * div) for v in tile)
-    if padded is None:
-        padded = (-(-h // div) * div, -(-w // div) * div)
-    th, tw = min(th, padded[0]), min(tw, padded[1])
-    ys, xs = tile_starts(h, th, overlap), tile_starts(w, tw, overlap)
-    ycore, xcore = _core_bounds(ys, th, h), _core_bounds(xs, tw, w)
-    return th, tw, [(y0, x0, yc, xc) for y0, yc in zip(ys, ycore) for x0, xc in zip(xs, xcore)]
-
-
-def window_crops(
-    image: torch.Tensor, origins: Sequence[tuple[int, int]], th: int, tw: int, h: int, w: int,
-) -> tuple[torch.Tensor, list[tuple[int, int]]]:
-    """The ``th x tw`` windows at ``(y0, x0)`` ``origins`` of a padded ``[3, H, W]`` image whose
-    unpadded size is ``h x w``, stacked, and each window's unpadded size."""
-    crops = torch.stack([image[:, y0:y0 + th, x0:x0 + tw] for y0, x0 in origins])
-    return crops, [(min(th, h - y0), min(tw, w - x0)) for y0, x0 in origins]
-
-
-@torch.no_grad()
-def predict_tiled(
-    model: torch.nn.Module, post: SOLOv2PostProcessor, batch: ImageBatch, index: int, *,
-    tile: Sequence[int], overlap: float = 0.25, amp: str = "none",
-) -> Instances:
-    """Sliding-window inference on one image of ``batch`` (ours; pairs with ``data.train_crop``).
-
-    SOLOv2's grid cells and coordinate features are relative to the input (METHOD.md §2), so a
-    model trained on crops expects inputs of the crop's size: on droplets a model trained on
-    256x320 crops gave 57.8 mask AP on val tiles of that size and 2.1 on the whole images
-    (BENCHMARKS.md). Here the resized image is cut into ``tile`` windows overlapping by
-    ``overlap`` (fraction of the window), all windows run as one batch, each window keeps the
-    detections whose box centre lies in its core (the overlaps are split at their middle, so
-    an object is reported once, by the window that sees it most centrally), and the kept
-    masks are pasted into the image, resized to the original size, ranked by score and cut to
-    ``max_per_img``.
-
-    Args:
-        tile: ``(height, width)`` in pixels of the resized image; rounded up to the model's
-            ``size_divisor``.
-        overlap: in ``[0, 0.9]``.
-    """
-    h, w = (int(v) for v in batch.image_sizes[index])
-    orig = tuple(int(v) for v in batch.orig_sizes[index])
-    image = batch.images[index]
-    th, tw, windows = tile_windows(h, w, tile, overlap,
-                                   size_divisor=int(getattr(model, "size_divisor", 32)),
-                                   padded=tuple(image.shape[-2:]))
-    if len(windows) == 1:
-        sub = ImageBatch(images=image[None], image_sizes=[(h, w)], orig_sizes=[orig])
-        return predict_batch(model, post, sub, amp=amp)[0]
-    crops, sizes = window_crops(image, [(y0, x0) for y0, x0, _, _ in windows], th, tw, h, w)
-    with amp_autocast(image.device, amp):
-        out = model(crops, sizes)
-    per_window = post(out, image_sizes=sizes, orig_sizes=sizes)
-    masks, scores, labels = [], [], []
-    for (y0, x0, (cy0, cy1), (cx0, cx1)), inst, (sh, sw) in zip(windows, per_window, sizes):
-        if len(inst) == 0:
-            continue
-        cx = (inst.boxes[:, 0] + inst.boxes[:, 2]) / 2 + x0
-        cy = (inst.boxes[:, 1] + inst.boxes[:, 3]) / 2 + y0
-        keep = (cx >= cx0) & (cx < cx1) & (cy >= cy0) & (cy < cy1)
-        if not bool(keep.any()):
-            continue
-        canvas = torch.zeros((int(keep.sum()), h, w), dtype=torch.bool, device=image.device)
-        canvas[:, y0:y0 + sh, x0:x0 + sw] = inst.masks[keep]
-        masks.append(canvas)
-        scores.append(inst.scores[keep])
-        labels.append(inst.labels[keep])
-    if not masks:
-        return post._empty(orig, image.device)
-    scores_t = torch.cat(scores)
-    order = torch.argsort(scores_t, descending=True)[: post.max_per_img]
-    full = torch.cat(masks)[order]
-    out_masks = torch.zeros((len(order), *orig), dtype=torch.bool, device=image.device)
-    for start in range(0, len(order), post.chunk_size):
-        chunk = full[None, start:start + post.chunk_size].float()
-        if (h, w) != orig:
-            chunk = F.interpolate(chunk, size=orig, mode="bilinear", align_corners=False)
-        out_masks[start:start + post.chunk_size] = chunk[0] > 0.5
-    nonempty = out_masks.flatten(1).any(1)
-    out_masks = out_masks[nonempty]
-    return Instances(boxes=masks_to_boxes(out_masks), labels=torch.cat(labels)[order][nonempty],
-                     scores=scores_t[order][nonempty], masks=out_masks)
 
 
 class Predictor:
@@ -192,6 +75,8 @@ class Predictor:
         cls, weights: str | Path, *, config: str | Path | None = None,
         device: str | torch.device | None = None, overrides: list[str] | None = None,
     ) -> Predictor:
+        """Load ``weights`` (and its stored config, or ``config`` plus ``KEY=VALUE`` ``overrides``)
+        onto ``device`` (default: CUDA when available, else the CPU)."""
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         model, cfg = load_model(weights, config=config, overrides=overrides)
@@ -214,6 +99,8 @@ class Predictor:
     def predict_many(
         self, images: Sequence[np.ndarray], names: Sequence[str] = ()
     ) -> list[Instances]:
+        """One :class:`Instances` per ``uint8[H, W, 3]`` RGB image, on the CPU, at the image's
+        size; ``names`` only label error messages. ``ValueError`` for another dtype or shape."""
         names = list(names) or [""] * len(images)
         batch = collate([self._sample(im, n) for im, n in zip(images, names)])
         batch.targets = None
@@ -222,6 +109,7 @@ class Predictor:
             tile=self.cfg.test.tile, tile_overlap=self.cfg.test.tile_overlap)]
 
     def __call__(self, image: np.ndarray) -> Instances:
+        """:meth:`predict_many` of one image."""
         return self.predict_many([image])[0]
 
 
@@ -230,11 +118,14 @@ def predict_files(
     config: str | Path | None = None, score_thr: float = 0.3, overrides: list[str] | None = None,
 ) -> Path:
     """Write ``<stem>.png`` overlays and ``predictions.json`` (COCO results) into ``output``."""
+    files = [Path(p) for p in images]
+    for path in files:  # fail before the model loads and the progress bar starts
+        if not path.is_file():
+            raise ImageNotFoundError(f"image file not found: {path}")
     predictor = Predictor.from_checkpoint(weights, config=config, overrides=overrides)
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     results = []
-    files = [Path(p) for p in images]
     label_map = list(range(predictor.cfg.model.num_classes))
     for image_id, path in enumerate(tqdm(files, desc="predict")):
         image = read_image(path)
@@ -254,7 +145,5 @@ def predict_files(
 
 
 def _write_png(path: Path, rgb: np.ndarray) -> None:
-    import cv2
-
     if not cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)):
         raise OSError(f"cannot write {path}")

@@ -1,6 +1,4 @@
-"""SOLOv2 network, DiscoBox losses, CRF teacher and post-processing (METHOD.md §2-§4, §7)."""
+"""SOLOv2 network, DiscoBox losses, CRF teacher and post-processing (docs/method.md §2-§4, §7)."""
 
-from .build import build_criterion, build_model, build_postprocessor
-from .solov2.model import SOLOv2
-
-__all__ = ["SOLOv2", "build_criterion", "build_model", "build_postprocessor"]
+# Nothing is imported here: config.py imports the leaf module crf/params.py, and importing
+# build.py from this package's __init__ would close an import cycle through config.py.

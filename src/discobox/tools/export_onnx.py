@@ -1,9 +1,9 @@
-"""ONNX export of the SOLOv2 network and a parity check with onnxruntime; ``discobox export-onnx``.
+"""ONNX export of the SOLOv2 network and a parity check with onnxruntime.
 
 What is exported is the network forward only (:class:`OnnxHead`): padded RGB images in,
 per-level category logits and dynamic kernels plus the mask features out. Input normalisation is
 inside the graph. Post-processing (sigmoid + points NMS, mask thresholds, Matrix NMS, pasting
-masks back at the original size; METHOD.md §7) stays in Python: it is data-dependent (variable
+masks back at the original size; docs/method.md §7) stays in Python: it is data-dependent (variable
 numbers of candidates) and cheap, and :class:`SOLOv2PostProcessor` consumes the ONNX outputs
 unchanged (:func:`onnx_head_output`).
 
@@ -19,19 +19,16 @@ DCNv2 models need the ``dynamo`` exporter and opset >= 19 (ONNX ``DeformConv``, 
 onnxruntime's CPU provider runs); the legacy ``torchscript`` exporter handles plain models only.
 
 Parity (:func:`check_onnx`), fp32 on CPU: every output must satisfy
-``|onnx - torch| <= ATOL + RTOL * |torch|`` elementwise with ``ATOL = RTOL = 1e-4`` (measured
-differences are ~1e-6 on logits and ~1e-5 on mask features of magnitude ~5); after our
-post-processing both give the same detections (count and labels), scores within ``ATOL`` and
-at most ``MASK_TOL = 1e-3`` of mask pixels differing (threshold flips at ``mask_thr``). Where
-some mask pixel does flip, scores may differ by up to ``SCORE_FLIP_TOL = 1e-2``: a flipped
-pixel moves its mask's maskness and, through Matrix NMS, the decay of every overlapping lower
-score (measured: a DCN model with onnxruntime 1.32, 2 instances with flipped pixels, the score
-of an unflipped neighbour off by 1.3e-3 with every output within 3.3e-5).
+``|onnx - torch| <= ATOL + RTOL * |torch|`` elementwise with ``ATOL = RTOL = 1e-4`` (typical
+differences are ~1e-6 on logits and ~1e-5 on mask features); after our post-processing both give
+the same detections (count and labels), scores within ``ATOL`` and at most ``MASK_TOL = 1e-3`` of
+mask pixels differing (threshold flips at ``mask_thr``). Where some mask pixel does flip, scores
+may differ by up to ``SCORE_FLIP_TOL = 1e-2``: a flipped pixel moves its mask's maskness and,
+through Matrix NMS, the decay of every overlapping lower score.
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import tempfile
@@ -42,6 +39,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ..checkpoint.load import load_model
+from ..errors import InvalidInputError
+from ..modeling.build import build_postprocessor
+from ..modeling.solov2.dcn import ModulatedDeformConv2d
 from ..modeling.solov2.model import SOLOv2
 from ..modeling.solov2.outputs import HeadOutput
 from ..modeling.solov2.postprocess import SOLOv2PostProcessor
@@ -83,8 +84,6 @@ def output_names(num_levels: int) -> list[str]:
 
 
 def _has_dcn(model: nn.Module) -> bool:
-    from ..modeling.solov2.dcn import ModulatedDeformConv2d
-
     return any(isinstance(m, ModulatedDeformConv2d) for m in model.modules())
 
 
@@ -101,16 +100,17 @@ def export_onnx(
     """Export ``model`` (moved to CPU, eval) for ``float[batch, 3, height, width]``; atomic write.
 
     Raises:
-        ValueError: sizes not multiples of 32, an unknown exporter, or DCN with the torchscript
-            exporter / an opset below 19.
+        InvalidInputError: sizes not multiples of 32, an unknown exporter, or DCN with the
+            torchscript exporter / an opset below 19.
     """
     if height % 32 or width % 32 or height <= 0 or width <= 0:
-        raise ValueError(f"height and width must be positive multiples of 32, got {height}x{width}")
+        raise InvalidInputError(
+            f"height and width must be positive multiples of 32, got {height}x{width}")
     if exporter not in EXPORTERS:
-        raise ValueError(f"exporter must be one of {EXPORTERS}, got {exporter!r}")
+        raise InvalidInputError(f"exporter must be one of {EXPORTERS}, got {exporter!r}")
     if _has_dcn(model) and (exporter != "dynamo" or opset < 19):
-        raise ValueError("DCNv2 models export only with exporter='dynamo' and opset >= 19 "
-                         "(ONNX DeformConv)")
+        raise InvalidInputError("DCNv2 models export only with exporter='dynamo' and opset "
+                                ">= 19 (ONNX DeformConv)")
     model = model.cpu().eval().float()
     wrapper = OnnxHead(model=model).eval()
     num_levels = len(model.bbox_head.num_grids)
@@ -141,7 +141,7 @@ def export_onnx(
 
 def run_onnx(path: str | Path, images: np.ndarray | Tensor) -> list[np.ndarray]:
     """Run an exported graph with onnxruntime on CPU; outputs in :func:`output_names` order."""
-    import onnxruntime as ort
+    import onnxruntime as ort  # optional dependency (``pip install discobox[onnx]``)
 
     if isinstance(images, Tensor):
         images = images.detach().cpu().numpy()
@@ -262,44 +262,39 @@ def _default_size(test_scale: tuple[int, int]) -> tuple[int, int]:
     return -(-short_side // 32) * 32, -(-long_side // 32) * 32
 
 
-def cmd_export_onnx(args: argparse.Namespace) -> int:
-    from ..checkpoint.load import load_model
-    from ..engine.log import setup_logger
-    from ..modeling.build import build_postprocessor
+def export_checkpoint(
+    weights: str | Path,
+    out: str | Path,
+    *,
+    config: str | Path | None = None,
+    height: int | None = None,
+    width: int | None = None,
+    batch: int = 1,
+    opset: int = DEFAULT_OPSET,
+    exporter: str = "dynamo",
+    check: bool = True,
+) -> tuple[Path, tuple[int, int], ParityReport | None]:
+    """Export a checkpoint's network (``discobox export-onnx``) and optionally check parity.
 
-    setup_logger()
-    model, cfg = load_model(args.weights, config=args.config)
+    ``height``/``width`` default to the padded landscape size of ``data.test_scale``. The parity
+    check runs on uniform random images (seed 0) through the config's post-processor.
+
+    Returns:
+        ``(onnx path, (height, width), parity report or None)``.
+
+    Raises:
+        RuntimeError: the parity check fails (the report names the outputs out of tolerance).
+    """
+    model, cfg = load_model(weights, config=config)
     default_h, default_w = _default_size(tuple(cfg.data.test_scale))
-    height, width = args.height or default_h, args.width or default_w
-    out = export_onnx(model, args.out, height=height, width=width, batch=args.batch,
-                      opset=args.opset, exporter=args.exporter)
-    print(f"wrote {out} (input images: float32[{args.batch}, 3, {height}, {width}])")
-    if args.check:
-        gen = torch.Generator().manual_seed(0)
-        images = torch.rand((args.batch, 3, height, width), generator=gen) * 255
-        report = check_onnx(out, model, images, post=build_postprocessor(cfg))
-        print(f"onnxruntime parity: {report.summary()}")
-        if not report.ok:
-            raise RuntimeError(f"{out}: ONNX outputs differ from PyTorch: {report.summary()}")
-    return 0
-
-
-def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``discobox export-onnx --weights W --out model.onnx [--config C] [--height H
-    --width W]``."""
-    p = subparsers.add_parser(
-        "export-onnx", help="export the network forward to ONNX and check it with onnxruntime"
-    )
-    p.add_argument("--weights", required=True, help="discobox or official checkpoint")
-    p.add_argument("--out", required=True, help="output .onnx file")
-    p.add_argument("--config", default=None, help="recipe or YAML (default: the checkpoint's)")
-    p.add_argument("--height", type=int, default=None,
-                   help="padded input height, multiple of 32 (default: from data.test_scale)")
-    p.add_argument("--width", type=int, default=None,
-                   help="padded input width, multiple of 32 (default: from data.test_scale)")
-    p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--opset", type=int, default=DEFAULT_OPSET)
-    p.add_argument("--exporter", choices=EXPORTERS, default="dynamo")
-    p.add_argument("--no-check", dest="check", action="store_false",
-                   help="skip the onnxruntime parity check")
-    p.set_defaults(func=cmd_export_onnx)
+    height, width = height or default_h, width or default_w
+    path = export_onnx(model, out, height=height, width=width, batch=batch, opset=opset,
+                       exporter=exporter)
+    if not check:
+        return path, (height, width), None
+    gen = torch.Generator().manual_seed(0)
+    images = torch.rand((batch, 3, height, width), generator=gen) * 255
+    report = check_onnx(path, model, images, post=build_postprocessor(cfg))
+    if not report.ok:
+        raise RuntimeError(f"{path}: ONNX outputs differ from PyTorch: {report.summary()}")
+    return path, (height, width), report

@@ -1,6 +1,6 @@
-"""COCO segm results -> the ``.mat`` file of the BBTP Matlab VOC evaluation; ``discobox json2mat``.
+"""COCO segm results -> the ``.mat`` file of the BBTP Matlab VOC evaluation.
 
-Layout (METHOD.md §8.3, the official ``tools/json2mat.py``; read by BBTP's ``EvalBaseline.m``,
+Layout (docs/method.md §8.3, the official ``tools/json2mat.py``; read by BBTP's ``EvalBaseline.m``,
 which walks the variables four at a time in file order): for the k-th image of the list
 (1-based) that has detections, in list order,
 
@@ -23,7 +23,6 @@ compressed).
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 from collections import Counter, defaultdict
@@ -31,22 +30,24 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from scipy.io import savemat
 
 from ..checkpoint.io import atomic_write
-from ..data.coco import decode_segmentation
+from ..data.segmentation import decode_segmentation
 from ..data.voc import VOC_CLASSES
+from ..errors import InvalidInputError, MissingFileError
 
 logger = logging.getLogger("discobox")
 _MAX_LISTED = 10
 
 
-def _load_json(path: Path) -> Any:
+def load_coco_json(path: Path) -> Any:
     if not path.is_file():
-        raise FileNotFoundError(f"json not found: {path}")
+        raise MissingFileError(f"json not found: {path}")
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: invalid json ({exc})") from exc
+        raise InvalidInputError(f"{path}: invalid json ({exc})") from exc
 
 
 def _listed(items: list[Any]) -> str:
@@ -59,11 +60,11 @@ def read_image_list(path: str | Path) -> list[str]:
     ``2007_000033``)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"image list not found: {path}")
+        raise MissingFileError(f"image list not found: {path}")
     stems = [Path(line.split()[0]).stem for line in path.read_text().splitlines() if line.strip()]
     dup = sorted(s for s, n in Counter(stems).items() if n > 1)
     if dup:
-        raise ValueError(f"{path}: duplicate entries {_listed(dup)}")
+        raise InvalidInputError(f"{path}: duplicate entries {_listed(dup)}")
     return stems
 
 
@@ -76,10 +77,10 @@ def _id_maps(gt: dict[str, Any], gt_path: Path) -> tuple[dict[int, str], dict[in
                  if "height" in im and "width" in im}
         cats = {int(c["id"]): c["name"] for c in gt.get("categories", [])}
     except (KeyError, TypeError, ValueError) as exc:
-        raise ValueError(f"{gt_path}: not a COCO gt json ({exc!r})") from exc
+        raise InvalidInputError(f"{gt_path}: not a COCO gt json ({exc!r})") from exc
     unknown = sorted(n for n in cats.values() if n not in VOC_CLASSES)
     if unknown:
-        raise ValueError(f"{gt_path}: categories {_listed(unknown)} are not VOC classes")
+        raise InvalidInputError(f"{gt_path}: categories {_listed(unknown)} are not VOC classes")
     return stems, {cid: VOC_CLASSES.index(n) + 1 for cid, n in cats.items()}, sizes
 
 
@@ -106,83 +107,29 @@ def results_to_mat(
         ``{"images": list length, "with_detections": ..., "detections": ...}``.
 
     Raises:
-        ValueError: malformed results, ids unknown to the gt json, results of images that are
-            not in the list (named), non-VOC categories, or masks of the wrong size.
+        MissingFileError: a json or the image list does not exist.
+        InvalidInputError: malformed results, ids unknown to the gt json, results of images that
+            are not in the list (named), non-VOC categories, or masks of the wrong size.
     """
     results_json, out_mat = Path(results_json), Path(out_mat)
-    results = _load_json(results_json)
+    results = load_coco_json(results_json)
     if not isinstance(results, list):
-        raise ValueError(f"{results_json}: expected a list of COCO results")
+        raise InvalidInputError(f"{results_json}: expected a list of COCO results")
     stems = read_image_list(image_list)
-    position = {s: k for k, s in enumerate(stems, start=1)}
-    id_to_stem: dict[int, str] = {}
+    id_to_stem: dict[int, str] | None = None
     cat_map: dict[int, int] | None = None
     sizes: dict[int, tuple[int, int]] = {}
     if gt_json is not None:
-        id_to_stem, cat_map, sizes = _id_maps(_load_json(Path(gt_json)), Path(gt_json))
-    by_image: dict[int, list[dict[str, Any]]] = defaultdict(list)
-    not_listed: dict[str, None] = {}
-    unknown_ids: dict[int, None] = {}
-    for i, r in enumerate(results):
-        if not isinstance(r, dict) or not {"image_id", "category_id", "score"} <= r.keys():
-            raise ValueError(f"{results_json}: entry {i} lacks image_id/category_id/score")
-        if not isinstance(r.get("segmentation"), dict):
-            raise ValueError(f"{results_json}: entry {i} has no RLE 'segmentation' (a bbox "
-                             "results file? pass the segm one)")
-        image_id = int(r["image_id"])
-        if gt_json is not None:
-            if image_id not in id_to_stem:
-                unknown_ids[image_id] = None
-                continue
-            stem = id_to_stem[image_id]
-        elif "file_name" in r:
-            stem = Path(str(r["file_name"])).stem
-        else:
-            raise ValueError(f"{results_json}: entry {i} has no file_name; pass --gt to map "
-                             "image ids to file names")
-        if stem not in position:
-            not_listed[stem] = None
-            continue
-        by_image[position[stem]].append(r)
-    if unknown_ids:
-        raise ValueError(f"{results_json}: image ids not in {gt_json}: "
-                         f"{_listed(list(unknown_ids))}")
-    if not_listed:
-        raise ValueError(f"{results_json}: {len(not_listed)} result images are not in "
-                         f"{image_list}: {_listed(list(not_listed))}")
-
+        id_to_stem, cat_map, sizes = _id_maps(load_coco_json(Path(gt_json)), Path(gt_json))
+    by_image = _group_by_list_position(results, results_json, stems=stems,
+                                       id_to_stem=id_to_stem, image_list=image_list,
+                                       gt_json=gt_json)
     variables: dict[str, Any] = {}
     detections = 0
     for k in sorted(by_image):
         entries = sorted(by_image[k], key=lambda r: -float(r["score"]))
-        masks = []
-        for r in entries:
-            seg = r["segmentation"]
-            try:
-                h, w = (int(v) for v in seg["size"])
-                masks.append(decode_segmentation(seg, h, w).astype(np.uint8))
-            except (KeyError, TypeError, ValueError) as exc:
-                raise ValueError(f"{results_json}: bad RLE for {stems[k - 1]} ({exc})") from exc
-        shapes = {m.shape for m in masks}
-        if len(shapes) != 1:
-            raise ValueError(f"{results_json}: masks of {stems[k - 1]} differ in size: {shapes}")
-        image_id = int(entries[0]["image_id"])
-        if image_id in sizes and masks[0].shape != sizes[image_id]:
-            raise ValueError(f"{results_json}: masks of {stems[k - 1]} are {masks[0].shape}, "
-                             f"the image is {sizes[image_id]}")
-        labels = []
-        for r in entries:
-            cid = int(r["category_id"])
-            label = cat_map.get(cid) if cat_map is not None else cid
-            if label is None or not 1 <= label <= len(VOC_CLASSES):
-                raise ValueError(f"{results_json}: category_id {cid} of {stems[k - 1]} is not a "
-                                 "VOC class index 1..20")
-            labels.append(label)
-        key = f"img_{k}"
-        variables[f"{key}_masks"] = np.stack(masks, axis=2).astype(np.uint8)
-        variables[f"{key}_scores"] = np.asarray([float(r["score"]) for r in entries], np.float64)
-        variables[f"{key}_labels"] = np.asarray(labels, dtype=np.int64)
-        variables[f"{key}_name"] = key
+        variables.update(_image_variables(k, entries, results_json, stem=stems[k - 1],
+                                          sizes=sizes, cat_map=cat_map))
         detections += len(entries)
     _savemat_atomic(out_mat, variables, compress=compress)
     summary = {"images": len(stems), "with_detections": len(by_image), "detections": detections}
@@ -191,32 +138,101 @@ def results_to_mat(
     return summary
 
 
-def _savemat_atomic(path: Path, variables: dict[str, Any], *, compress: bool) -> None:
-    from scipy.io import savemat
+def _group_by_list_position(
+    results: list[Any],
+    results_json: Path,
+    *,
+    stems: list[str],
+    id_to_stem: dict[int, str] | None,
+    image_list: str | Path,
+    gt_json: str | Path | None,
+) -> dict[int, list[dict[str, Any]]]:
+    """Results grouped by the 1-based position of their image in the list.
 
+    An image is found through ``id_to_stem`` (the gt json) when given, else through the
+    result's ``file_name``. Raises :class:`InvalidInputError` naming every unknown id and every
+    image not in the list.
+    """
+    position = {s: k for k, s in enumerate(stems, start=1)}
+    by_image: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    not_listed: dict[str, None] = {}
+    unknown_ids: dict[int, None] = {}
+    for i, r in enumerate(results):
+        if not isinstance(r, dict) or not {"image_id", "category_id", "score"} <= r.keys():
+            raise InvalidInputError(f"{results_json}: entry {i} lacks image_id/category_id/score")
+        if not isinstance(r.get("segmentation"), dict):
+            raise InvalidInputError(f"{results_json}: entry {i} has no RLE 'segmentation' (a "
+                                    "bbox results file? pass the segm one)")
+        image_id = int(r["image_id"])
+        if id_to_stem is not None:
+            if image_id not in id_to_stem:
+                unknown_ids[image_id] = None
+                continue
+            stem = id_to_stem[image_id]
+        elif "file_name" in r:
+            stem = Path(str(r["file_name"])).stem
+        else:
+            raise InvalidInputError(f"{results_json}: entry {i} has no file_name; pass --gt to "
+                                    "map image ids to file names")
+        if stem not in position:
+            not_listed[stem] = None
+            continue
+        by_image[position[stem]].append(r)
+    if unknown_ids:
+        raise InvalidInputError(f"{results_json}: image ids not in {gt_json}: "
+                                f"{_listed(list(unknown_ids))}")
+    if not_listed:
+        raise InvalidInputError(f"{results_json}: {len(not_listed)} result images are not in "
+                                f"{image_list}: {_listed(list(not_listed))}")
+    return by_image
+
+
+def _image_variables(
+    k: int,
+    entries: list[dict[str, Any]],
+    results_json: Path,
+    *,
+    stem: str,
+    sizes: dict[int, tuple[int, int]],
+    cat_map: dict[int, int] | None,
+) -> dict[str, Any]:
+    """The four ``img_<k>_*`` variables of one image's results (already sorted by score).
+
+    Masks are decoded at their RLE size, which must be one size per image and, when the gt json
+    records it, the image's; labels are mapped to VOC indices 1..20 through ``cat_map``.
+    """
+    masks = []
+    for r in entries:
+        seg = r["segmentation"]
+        try:
+            h, w = (int(v) for v in seg["size"])
+            masks.append(decode_segmentation(seg, h, w).astype(np.uint8))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InvalidInputError(f"{results_json}: bad RLE for {stem} ({exc})") from exc
+    shapes = {m.shape for m in masks}
+    if len(shapes) != 1:
+        raise InvalidInputError(f"{results_json}: masks of {stem} differ in size: {shapes}")
+    image_id = int(entries[0]["image_id"])
+    if image_id in sizes and masks[0].shape != sizes[image_id]:
+        raise InvalidInputError(f"{results_json}: masks of {stem} are {masks[0].shape}, "
+                                f"the image is {sizes[image_id]}")
+    labels = []
+    for r in entries:
+        cid = int(r["category_id"])
+        label = cat_map.get(cid) if cat_map is not None else cid
+        if label is None or not 1 <= label <= len(VOC_CLASSES):
+            raise InvalidInputError(f"{results_json}: category_id {cid} of {stem} is not a VOC "
+                                    "class index 1..20")
+        labels.append(label)
+    key = f"img_{k}"
+    return {
+        f"{key}_masks": np.stack(masks, axis=2).astype(np.uint8),
+        f"{key}_scores": np.asarray([float(r["score"]) for r in entries], np.float64),
+        f"{key}_labels": np.asarray(labels, dtype=np.int64),
+        f"{key}_name": key,
+    }
+
+
+def _savemat_atomic(path: Path, variables: dict[str, Any], *, compress: bool) -> None:
     atomic_write(path, lambda fh: savemat(fh, variables, do_compression=compress,
                                           oned_as="row"))
-
-
-def cmd_json2mat(args: argparse.Namespace) -> int:
-    from ..engine.log import setup_logger
-
-    setup_logger()
-    s = results_to_mat(args.results, args.out, image_list=args.image_list, gt_json=args.gt)
-    print(f"wrote {args.out}: {s['detections']} detections on {s['with_detections']} of "
-          f"{s['images']} images")
-    return 0
-
-
-def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``discobox json2mat results.json out.mat --image-list val.txt [--gt val.json]``."""
-    p = subparsers.add_parser(
-        "json2mat", help="COCO segm results -> .mat for the BBTP Matlab VOC evaluation"
-    )
-    p.add_argument("results", help="COCO segm results json (RLE masks)")
-    p.add_argument("out", help="output .mat")
-    p.add_argument("--image-list", required=True,
-                   help="evaluation list, e.g. VOC2012/ImageSets/Segmentation/val.txt")
-    p.add_argument("--gt", default=None,
-                   help="gt json mapping image ids to file names (e.g. voc_2012_val_cocostyle)")
-    p.set_defaults(func=cmd_json2mat)

@@ -1,8 +1,8 @@
-"""``discobox voc-exclude-pfpascal``: a VOC training list without the PF-PASCAL test images.
+"""A VOC training list without the PF-PASCAL test images (``discobox voc-exclude-pfpascal``).
 
 The official ``tools/get_voctraining_excluding_pfpascaltesting.py`` reads ``trn_pairs.csv`` by
-default, i.e. it removes the PF-PASCAL *training* images despite its name (METHOD.md §8.3,
-§12.9). This tool removes the images of the pairs of the requested splits (``test`` by
+default, i.e. it removes the PF-PASCAL *training* images despite its name (docs/method.md
+§8.3, §12.9). This function removes the images of the pairs of the requested splits (``test`` by
 default; add ``val`` to keep the validation images out too) from a VOC image list.
 
 The list may hold one image id per line (``2008_000123``) or DeepLab-style lines
@@ -12,12 +12,13 @@ of the first token. Lines are written back unchanged, in order.
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ..checkpoint.io import atomic_write_text
 from ..data.correspondence import pfpascal_csv, read_csv_rows
+from ..errors import MissingFileError
 
 
 def pfpascal_image_ids(root: str | Path, splits: Sequence[str] = ("test",)) -> set[str]:
@@ -45,11 +46,9 @@ def exclude_pfpascal(
     Returns counts: ``listed``, ``excluded``, ``kept``, ``pfpascal_images`` and
     ``pfpascal_not_in_list`` (PF-PASCAL images absent from the VOC list).
     """
-    from ..checkpoint.io import atomic_write_text
-
     path = Path(voc_list)
     if not path.exists():
-        raise FileNotFoundError(f"VOC list not found: {path}")
+        raise MissingFileError(f"VOC list not found: {path}")
     ids = pfpascal_image_ids(pfpascal_root, splits)
     lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
     kept, seen = [], set()
@@ -63,24 +62,3 @@ def exclude_pfpascal(
     return {"listed": len(lines), "excluded": len(lines) - len(kept), "kept": len(kept),
             "pfpascal_images": len(ids), "pfpascal_not_in_list": len(ids - seen),
             "splits": list(splits), "out": str(out)}
-
-
-def cmd_voc_exclude(args: argparse.Namespace) -> int:
-    r = exclude_pfpascal(voc_list=args.voc_list, pfpascal_root=args.pfpascal_root, out=args.out,
-                         splits=args.splits)
-    print(f"kept {r['kept']} of {r['listed']} images ({r['excluded']} excluded; "
-          f"{r['pfpascal_images']} PF-PASCAL {'+'.join(r['splits'])} images, "
-          f"{r['pfpascal_not_in_list']} of them not in the list) -> {r['out']}")
-    return 0
-
-
-def register(sub: argparse._SubParsersAction) -> None:
-    """Add ``discobox voc-exclude-pfpascal`` to the CLI."""
-    p = sub.add_parser("voc-exclude-pfpascal",
-                       help="VOC training list without the PF-PASCAL test images")
-    p.add_argument("--voc-list", required=True, help="e.g. train_aug.txt")
-    p.add_argument("--pfpascal-root", required=True, help="PF-PASCAL folder (or its parent)")
-    p.add_argument("--out", required=True)
-    p.add_argument("--splits", nargs="+", default=["test"],
-                   help="PF-PASCAL pair splits to exclude (test; add val to be safe)")
-    p.set_defaults(func=cmd_voc_exclude)

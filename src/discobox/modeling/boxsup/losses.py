@@ -1,4 +1,4 @@
-"""Loss functions of DiscoBox / SOLOv2 (METHOD.md §4.1, §4.2, §4.4), as pure functions.
+"""Loss functions of DiscoBox / SOLOv2 (docs/method.md §4.1, §4.2, §4.4), as pure functions.
 
 Every function computes in fp32 (inputs are cast with ``.float()`` under a disabled autocast),
 as the official code does for its dice terms (§2.9). Per-instance losses return ``float[N]`` so
@@ -29,7 +29,7 @@ def focal_loss(
     gamma: float = 2.0,
     avg_factor: float | Tensor,
 ) -> Tensor:
-    """Sigmoid focal loss summed over all elements and divided by ``avg_factor`` (METHOD.md §4.1).
+    """Sigmoid focal loss summed over all elements, divided by ``avg_factor`` (docs/method.md §4.1).
 
     Args:
         logits: ``float[M, C]`` category logits of all cells (any shape works).
@@ -67,11 +67,11 @@ def floored_sigmoid(logits: Tensor, floor: float = 0.0) -> Tensor:
     """``sigmoid(logits)``, whose gradient never falls below ``floor`` (ours; 0: plain sigmoid).
 
     A mask whose logits have run to +-30 (every pixel 1 or 0) gets ``sigmoid' ~ 1e-13``, so no
-    loss on its probabilities can move it again: the dead all-foreground masks of a collapsed
-    box-supervised run (BENCHMARKS.md, droplets seed 4). With a floor, the loss still reaches
-    such a pixel. The values, and the gradient of every pixel with ``s * (1 - s) >= floor``,
-    are unchanged. A saturated pixel on the right side gets a small push further the same way
-    (zero once the whole dice agrees with its target).
+    loss on its probabilities can move it again (a collapsed box-supervised run; BENCHMARKS.md
+    "A floor on the sigmoid's gradient"). With a floor, the loss still reaches such a pixel.
+    The values, and the gradient of every pixel with ``s * (1 - s) >= floor``, are unchanged.
+    A saturated pixel on the right side gets a small push further the same way (zero once the
+    whole dice agrees with its target).
     """
     if floor <= 0:
         return torch.sigmoid(logits)
@@ -79,7 +79,7 @@ def floored_sigmoid(logits: Tensor, floor: float = 0.0) -> Tensor:
 
 
 def dice_loss(pred: Tensor, target: Tensor, eps: float = 0.001) -> Tensor:
-    """Squared-denominator dice per instance (METHOD.md §4.2, H:698-706).
+    """Squared-denominator dice per instance (docs/method.md §4.2, H:698-706).
 
     ``1 - 2*sum(p*t) / (sum(p^2) + eps + sum(t^2) + eps)`` over all but the first dimension.
 
@@ -100,7 +100,7 @@ def dice_loss(pred: Tensor, target: Tensor, eps: float = 0.001) -> Tensor:
 
 
 def projection_loss(probs: Tensor, box_masks: Tensor) -> Tensor:
-    """Box projection ("MIL") loss per instance (METHOD.md §4.2, H:709-719).
+    """Box projection ("MIL") loss per instance (docs/method.md §4.2, H:709-719).
 
     Dice of the max-projections on both axes over the full ¼-res map (not cropped to the box):
     ``dice(max_x P, max_x T) + dice(max_y P, max_y T)``.
@@ -123,7 +123,7 @@ def projection_loss(probs: Tensor, box_masks: Tensor) -> Tensor:
 def mask_dice_loss(logits: Tensor, masks: Tensor, grad_floor: float = 0.0) -> Tensor:
     """Fully supervised SOLOv2 mask loss per instance: ``dice(sigmoid(logits), masks)``.
 
-    Targets are the ¼-res real masks of METHOD.md §3.3 (``use_masks=True``); the dice is the
+    Targets are the ¼-res real masks of docs/method.md §3.3 (``use_masks=True``); the dice is the
     §4.2 formula. SOLOv2 weights the mean of this loss by ``ins_loss_weight = 3.0`` (its
     ``loss_ins`` config); the weight is applied by the criterion.
 
@@ -248,5 +248,5 @@ def pairwise_color_loss(
 
 def dilate_box_masks(box_masks: Tensor) -> Tensor:
     """``float[N, h, w]``: box masks dilated by one pixel (3x3 max), the ``D_i`` that
-    ``L_ts`` multiplies the student by (METHOD.md §4.4, also §5.7)."""
+    ``L_ts`` multiplies the student by (docs/method.md §4.4, also §5.7)."""
     return F.max_pool2d(box_masks[:, None].float(), 3, stride=1, padding=1)[:, 0]

@@ -1,5 +1,6 @@
-"""Training-loop state outside the model: the EMA teacher (METHOD.md §4.5) and the data-driven
-loss gates (§4.0). Both are called from the trainer and saved in checkpoints (fixing §12.7)."""
+"""Training-loop state outside the model: the EMA teacher (docs/method.md §4.5), the
+data-driven loss gates (§4.0) and the box warm-up's schedule. The teacher and the gates are
+called from the trainer and saved in checkpoints (fixing §12.7)."""
 
 from __future__ import annotations
 
@@ -32,31 +33,23 @@ class EMATeacher:
     steps; the EMA keeps the teacher's statistics as old as its weights (timm's ``ModelEmaV2``
     averages every state entry the same way).
 
-    ``warmup`` (ours, for short schedules) uses ``m_n = min(m, (1 + n) / (10 + n))`` at the
-    n-th update after switch-on (TensorFlow's ``ExponentialMovingAverage(num_updates)``): the
-    teacher follows the young student closely and averages over ~n/9 steps later on, so it can
-    switch on at iteration 0 instead of leaving "teacher = student" (§4.0) for the first part.
-
     Args:
         student: the model (a DDP wrapper is unwrapped); deep-copied into :attr:`model`.
         momentum: EMA momentum ``m`` (0.999).
         start_iter: first iteration count at which the teacher switches on.
-        warmup: ramp the momentum up as above instead of using ``m`` from the first update.
 
     Attributes:
         model: the teacher, in eval mode, ``requires_grad=False``.
     """
 
     def __init__(
-        self, *, student: nn.Module, momentum: float = 0.999, start_iter: int = 13000,
-        warmup: bool = False,
+        self, *, student: nn.Module, momentum: float = 0.999, start_iter: int = 13000
     ) -> None:
         self.model = copy.deepcopy(unwrap_model(student)).eval()
         for p in self.model.parameters():
             p.requires_grad_(False)
         self.momentum = float(momentum)
         self.start_iter = int(start_iter)
-        self.warmup = bool(warmup)
         self._active = False
         self.last_iter = 0
         self.num_updates = 0
@@ -85,15 +78,8 @@ class EMATeacher:
             self._active = True
             self.num_updates += 1
             return
-        self._copy(src, momentum=self.current_momentum())
+        self._copy(src, momentum=self.momentum)
         self.num_updates += 1
-
-    def current_momentum(self) -> float:
-        """The momentum the next EMA update uses (``m``, or its warm-up value)."""
-        if not self.warmup:
-            return self.momentum
-        n = self.num_updates
-        return min(self.momentum, (1.0 + n) / (10.0 + n))
 
     def _copy(self, src: nn.Module, *, momentum: float) -> None:
         dst_params = dict(self.model.named_parameters())
@@ -127,7 +113,6 @@ class EMATeacher:
             "num_updates": self.num_updates,
             "momentum": self.momentum,
             "start_iter": self.start_iter,
-            "warmup": self.warmup,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -138,7 +123,7 @@ class EMATeacher:
 
 
 class LossGates:
-    """Data-driven gates of the auxiliary losses (METHOD.md §4.0, D:147, D:210-217).
+    """Data-driven gates of the auxiliary losses (docs/method.md §4.0, D:147, D:210-217).
 
     ``avg <- momentum*avg + (1-momentum)*loss_ins`` after every iteration, starting at ``init``.
     ``ts_open`` iff ``avg < ts_thresh`` (L_ts on); ``corr_open`` iff ``ts_open`` and
@@ -190,40 +175,17 @@ class LossGates:
         self.avg = float(state["avg"])
 
 
-def ts_ramp(iteration: int, ramp_iters: int) -> float:
-    """``L_ts`` weight factor at 0-based ``iteration``: ``min(1, iteration / ramp_iters)``.
-
-    Ours (``loss.ts_ramp_iters``, off when 0), a deterministic stand-in for the official gate
-    (§4.0) on short schedules from random initialisation: before the EMA teacher starts the
-    structured teacher is the student itself (§4.5), and the CRF target of a random student can
-    be far from it from the first step (BENCHMARKS.md, droplets seed 3: ``L_ts`` 0.76-0.97 at
-    each of its first 12 logged steps). The ramp lets the projection loss (§4.2) shape
-    the masks first and hands weight to ``L_ts`` gradually, the ramp-up of the consistency
-    weight in self-ensembling (Tarvainen & Valpola, 2017). It depends on the iteration only,
-    so it is identical on every rank and after a resume. Measured on droplets (six seeds, with
-    ``crf.fill_ortho``): the mean did not change, so it is off by default.
-    """
-    if ramp_iters < 0:
-        raise ValueError(f"ts_ramp_iters must be >= 0, got {ramp_iters}")
-    if ramp_iters == 0:
-        return 1.0
-    return min(1.0, max(0, iteration) / ramp_iters)
-
-
 def box_warmup(iteration: int, warmup_iters: int) -> float:
     """``loss_boxwarm`` weight factor at 0-based ``iteration``: ``max(0, 1 - iteration / N)``.
 
     Ours (``loss.box_warmup_iters`` = N, off when 0). In the first N iterations of box
     supervision the student is also pulled towards the filled box masks of §3.2, a dense
     target like the fully supervised dice (§3.3) and the "filled box" baseline of Khoreva et
-    al. (Simple Does It, 2017). Fully supervised runs never failed early on droplets, while box
-    runs did (a projection loss rising to ~1 within 200 iterations, BENCHMARKS.md): the
-    projection loss (§4.2) reaches only the largest pixel of each row and column. The weight
-    falls linearly to 0 so the box shape does not stay the target; after N iterations only the
-    projection loss and ``L_ts`` (§4.3-4.4) shape the masks. It depends on the iteration only,
-    so it is identical on every rank and after a resume. Measured on droplets (N = 300 of 900
-    iterations, six seeds): mean mask AP 49.5, seeds 0-3 64.4 against 33.1 without, one seed
-    collapsed; on in the CPU recipe (BENCHMARKS.md).
+    al. (Simple Does It, 2017), because the projection loss (§4.2) reaches only the largest
+    pixel of each row and column of a random student. The weight falls linearly to 0 so the
+    box shape does not stay the target; after N iterations only the projection loss and
+    ``L_ts`` (§4.3-4.4) shape the masks. It depends on the iteration only, so it is identical on
+    every rank and after a resume (BENCHMARKS.md "A warm-up on the filled boxes").
     """
     if warmup_iters < 0:
         raise ValueError(f"box_warmup_iters must be >= 0, got {warmup_iters}")

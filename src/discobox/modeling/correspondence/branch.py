@@ -1,12 +1,12 @@
-"""The semantic-correspondence branch of one training batch (METHOD.md §5, §3.4, §5.7).
+"""The semantic-correspondence branch of one training batch (docs/method.md §5, §3.4, §5.7).
 
 :class:`CorrespondenceBranch` turns the student (and teacher) outputs of a batch plus the
 :class:`~discobox.modeling.correspondence.object_bank.ObjectBank` into
 
 - ``loss_corr``: the dense contrastive loss (§5.5), summed over queries that retrieved enough
-  objects and divided by their number (+1e-4), times ``weight``;
+  objects and divided by their number (+1e-4), times ``corr.weight``;
 - ``ts_terms``: the extra ``L_ts`` terms of the CRF with the cross-image term (§5.7), one per
-  object, whose mean the criterion adds to the main ``L_ts`` mean;
+  object, whose mean the criterion adds to the main ``L_ts`` mean (its ``extra_ts_terms``);
 - ``to_push``: the bankable teacher crops of the batch, which the training loop pushes into the
   bank after the step (``bank.push(**result.to_push)``).
 
@@ -15,7 +15,8 @@ those cells; drop all-zero targets; integer ¼-res boxes from the target extents
 of P2 (ReLU + L2 per location) and 28x28 RoIAlign of the masks (§5.1); per object: query the
 bank with the student crop (§5.3), solve (§5.4), loss (§5.5), evidence into ``cross_term``
 (§5.6); finally the CRF with ``cross_term`` and the dice with the gradient scaled by
-``grad_scale`` (§5.7).
+``corr.grad_scale`` (§5.7). The training step (``engine/trainer.py``) calls the branch before
+the criterion, while the correspondence gate is open (§4.0).
 
 Ordering. The official code queries and then pushes object by object, so an object can retrieve
 objects appended earlier in the same batch. With ``online_push=False`` (default) the branch
@@ -39,10 +40,13 @@ from torchvision.ops import roi_align
 
 from ...structures import Instances
 from ..boxsup.losses import dice_loss, dilate_box_masks
-from ..crf.pseudo_labels import CRF_MODES, CRFParams, crf_pseudo_labels
+from ..crf.params import CRF_MODES, CRFParams
+from ..crf.pseudo_labels import crf_pseudo_labels
+from ..solov2.head import dynamic_mask_logits
 from ..solov2.outputs import HeadOutput
 from ..solov2.targets import DEFAULT_NUM_GRIDS, DEFAULT_SCALE_RANGES, assign_best_targets
 from .object_bank import ObjectBank
+from .params import CorrParams
 from .solver import (
     CORR_LOSSES,
     SOLVERS,
@@ -87,7 +91,7 @@ def _gather_logits(kernels: Tensor, mask_feat: Tensor, grid_index: Tensor,
     out = mask_feat.new_zeros((len(grid_index), h, w), dtype=torch.float32)
     for i in img_index.unique().tolist():
         sel = img_index == i
-        out[sel] = (k[sel] @ mask_feat[i].float().reshape(e, h * w)).view(-1, h, w)
+        out[sel] = dynamic_mask_logits(k[sel], mask_feat[i].float())
     return out
 
 
@@ -122,17 +126,11 @@ class CorrespondenceBranch:
     Args:
         num_classes: ``C``.
         num_grids, scale_ranges: as the model (for the §3.4 single-cell assignment).
-        solver: ``"faithful"`` (official) or ``"sinkhorn"`` (OT + Hough).
-        loss: ``"faithful"`` (double-softmax CE) or ``"infonce"``.
-        weight: ``loss_corr`` weight (1.0; 0.1 in the R101/X101-DCN recipes).
-        temperature: InfoNCE temperature.
-        num_iters, num_smooth_iters, dist_kernel: faithful solver (10, 1, 9).
-        sinkhorn_eps, sinkhorn_iters, sinkhorn_exp, hough, hough_filter_size: Sinkhorn solver.
-        crf_mode, crf_params: the CRF that receives the cross-image term (``"none"``: no
-            ``ts_terms``).
-        grad_scale: gradient factor of the corr-CRF dice (``gamma`` = 0.01, H:1302).
+        corr: :class:`CorrParams` (the ``corr`` config section): solver, loss, ``weight``,
+            ``grad_scale``, ``online_push``; the bank's fields are read by the bank, not here.
+        crf: :class:`CRFParams` (the ``crf`` config section), the CRF that receives the
+            cross-image term (``crf.mode="none"``: no ``ts_terms``).
         feat_size, mask_size: RoIAlign sizes (7, 28).
-        online_push: push into the bank object by object, as the official code (see module doc).
     """
 
     def __init__(
@@ -141,69 +139,47 @@ class CorrespondenceBranch:
         num_classes: int,
         num_grids: Sequence[int] = DEFAULT_NUM_GRIDS,
         scale_ranges: Sequence[tuple[float, float]] = DEFAULT_SCALE_RANGES,
-        solver: str = "faithful",
-        loss: str = "faithful",
-        weight: float = 1.0,
-        temperature: float = 0.07,
-        num_iters: int = 10,
-        num_smooth_iters: int = 1,
-        dist_kernel: int = 9,
-        sinkhorn_eps: float = 0.05,
-        sinkhorn_iters: int = 10,
-        sinkhorn_exp: float = 0.5,
-        hough: bool = True,
-        hough_filter_size: int = 3,
-        crf_mode: str = "faithful",
-        crf_params: CRFParams | None = None,
-        grad_scale: float = 0.01,
+        corr: CorrParams | None = None,
+        crf: CRFParams | None = None,
         feat_size: int = 7,
         mask_size: int = 28,
-        online_push: bool = False,
     ) -> None:
-        if solver not in SOLVERS:
-            raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
-        if loss not in CORR_LOSSES:
-            raise ValueError(f"loss must be one of {CORR_LOSSES}, got {loss!r}")
-        if crf_mode not in (*CRF_MODES, "none"):
-            raise ValueError(f"crf_mode must be one of {(*CRF_MODES, 'none')}, got {crf_mode!r}")
+        corr = corr if corr is not None else CorrParams()
+        crf = crf if crf is not None else CRFParams()
+        if corr.solver not in SOLVERS:
+            raise ValueError(f"corr.solver must be one of {SOLVERS}, got {corr.solver!r}")
+        if corr.loss not in CORR_LOSSES:
+            raise ValueError(f"corr.loss must be one of {CORR_LOSSES}, got {corr.loss!r}")
+        if crf.mode not in (*CRF_MODES, "none"):
+            raise ValueError(f"crf.mode must be one of {(*CRF_MODES, 'none')}, got {crf.mode!r}")
         self.num_classes = num_classes
         self.num_grids = tuple(num_grids)
         self.scale_ranges = tuple(tuple(r) for r in scale_ranges)
-        self.solver, self.loss, self.weight = solver, loss, float(weight)
-        self.temperature = float(temperature)
-        self.num_iters, self.num_smooth_iters = int(num_iters), int(num_smooth_iters)
-        self.dist_kernel = int(dist_kernel)
-        self.sinkhorn_eps, self.sinkhorn_iters = float(sinkhorn_eps), int(sinkhorn_iters)
-        self.sinkhorn_exp, self.hough = float(sinkhorn_exp), bool(hough)
-        self.hough_filter_size = int(hough_filter_size)
-        self.crf_mode = crf_mode
-        self.crf_params = crf_params if crf_params is not None else CRFParams()
-        self.grad_scale = float(grad_scale)
+        self.corr = corr
+        self.crf = crf
         self.feat_size, self.mask_size = int(feat_size), int(mask_size)
-        self.online_push = bool(online_push)
 
     # -- pieces -------------------------------------------------------------------------------
 
     def solve(self, f0: Tensor, f1: Tensor) -> tuple[Tensor, Tensor]:
         """``(Cu, T)``, ``float32[K, n, n]``, for ``f0: [C, s, s]``, ``f1: [K, C, s, s]``."""
-        if self.solver == "faithful":
-            return solve_faithful(f0, f1, num_iters=self.num_iters,
-                                  num_smooth_iters=self.num_smooth_iters,
-                                  dist_kernel=self.dist_kernel)
-        return solve_sinkhorn(f0, f1, eps=self.sinkhorn_eps, iters=self.sinkhorn_iters,
-                              exp=self.sinkhorn_exp, hough=self.hough,
-                              filter_size=self.hough_filter_size)
+        c = self.corr
+        if c.solver == "faithful":
+            return solve_faithful(f0, f1, num_iters=c.num_iters,
+                                  num_smooth_iters=c.num_smooth_iters, dist_kernel=c.dist_kernel)
+        return solve_sinkhorn(f0, f1, eps=c.sinkhorn_eps, iters=c.sinkhorn_iters,
+                              exp=c.sinkhorn_exp, hough=c.hough, filter_size=c.hough_filter_size)
 
     def contrastive(self, f0: Tensor, f1: Tensor, cu: Tensor, t: Tensor, m0: Tensor,
                     negatives: Tensor | None) -> Tensor:
         """One query's contrastive term (§5.5)."""
-        if self.loss == "faithful":
+        if self.corr.loss == "faithful":
             return faithful_corr_loss(cu, t)
         s = f0.shape[-1]
         w = F.interpolate(m0[None, None].float(), size=(s, s), mode="bilinear",
                           align_corners=False).flatten()
-        return infonce_corr_loss(f0, f1, t, temperature=self.temperature, negatives=negatives,
-                                 weights=w)
+        return infonce_corr_loss(f0, f1, t, temperature=self.corr.temperature,
+                                 negatives=negatives, weights=w)
 
     def crops(self, p2: Tensor, probs: Tensor, boxes: Tensor, img_index: Tensor):
         """RoI crops (§5.1): ``(feats float[N, C, 7, 7], masks float[N, 28, 28])``."""
@@ -280,25 +256,25 @@ class CorrespondenceBranch:
             if ret is not None:
                 cu, tr = self.solve(q_feat, ret.feats)
                 negatives = None
-                if self.loss == "infonce":
+                if self.corr.loss == "infonce":
                     other = label != label[i]
                     negatives = t_feat[other].flatten(2).transpose(1, 2).reshape(
                         -1, t_feat.shape[1])
                 terms.append(self.contrastive(q_feat, ret.feats, cu, tr, s_mask[i], negatives))
                 ev = cross_image_evidence(tr.detach(), cu.detach(), s_mask[i], ret.masks)
                 cross[i] = paste_evidence(ev, boxes[i], (h, w))
-            if self.online_push and bool(bankable[i]):
+            if self.corr.online_push and bool(bankable[i]):
                 bank.push(masks=t_mask[i : i + 1], feats=t_feat[i : i + 1],
                           boxes=boxes[i : i + 1], labels=label[i : i + 1])
         loss = zero
         if terms:
             loss = torch.stack(terms).sum() / (len(terms) + 1e-4) + zero
         to_push: dict[str, Tensor] = {}
-        if not self.online_push:
+        if not self.corr.online_push:
             to_push = {"masks": t_mask[bankable].detach(), "feats": t_feat[bankable].detach(),
                        "boxes": boxes[bankable], "labels": label[bankable]}
         return CorrResult(
-            loss_corr=self.weight * loss,
+            loss_corr=self.corr.weight * loss,
             ts_terms=self._crf_terms(out, s_in, t_in, targets_q, img_index, cross),
             to_push=to_push,
             cross_term=cross,
@@ -310,7 +286,7 @@ class CorrespondenceBranch:
                    img_index: Tensor, cross: Tensor) -> Tensor:
         """``dice(g*s' + (1-g)*detach(s'), Y')`` per object with ``Y'`` the CRF on
         ``(T + S) / 2`` with the cross-image term and ``s' = S * dilate(M)`` (§5.7)."""
-        if self.crf_mode == "none":
+        if self.crf.mode == "none":
             return s_in.new_zeros(0)
         with torch.no_grad():
             init = (t_in + s_in.detach()) / 2
@@ -319,9 +295,10 @@ class CorrespondenceBranch:
             for b in img_index.unique().tolist():
                 sel = img_index == b
                 pseudo[sel] = crf_pseudo_labels(init[sel], box_masks[sel], images[b],
-                                                mode=self.crf_mode, params=self.crf_params,
+                                                mode=self.crf.mode, params=self.crf,
                                                 cross_term=cross[sel])
             dilated = dilate_box_masks(box_masks)
         sp = s_in * dilated
-        shat = self.grad_scale * sp + (1.0 - self.grad_scale) * sp.detach()
+        g = self.corr.grad_scale
+        shat = g * sp + (1.0 - g) * sp.detach()
         return dice_loss(shat, pseudo)

@@ -1,4 +1,4 @@
-"""Dense matching of whole images with a trained network (METHOD.md §8.4, SCOT protocol).
+"""Dense matching of whole images with a trained network (docs/method.md §8.4, SCOT protocol).
 
 Used by ``discobox eval-corr`` and ``discobox correspond``:
 

@@ -1,4 +1,4 @@
-"""Per-class object bank for the correspondence branch (METHOD.md §5.2, retrieval §5.3).
+"""Per-class object bank for the correspondence branch (docs/method.md §5.2, retrieval §5.3).
 
 One circular queue of ``capacity`` (100) slots per class, created lazily at the first push of
 that class. A slot holds the **teacher** crop of one object: its 28x28 mask probabilities, its
@@ -73,7 +73,7 @@ class _Queue:
 
 
 def soft_ious(query: Tensor, masks: Tensor) -> tuple[Tensor, Tensor]:
-    """Soft foreground and background IoU of one mask against many (METHOD.md §5.3).
+    """Soft foreground and background IoU of one mask against many (docs/method.md §5.3).
 
     ``fg = sum(q*k) / #{q + k >= 1}`` and ``bg = sum((1-q)(1-k)) / #{(1-q) + (1-k) >= 1}``
     (a zero denominator gives 0).
@@ -92,7 +92,7 @@ def soft_ious(query: Tensor, masks: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def appearance_similarity(q_mask: Tensor, q_feat: Tensor, masks: Tensor, feats: Tensor) -> Tensor:
-    """Mask-weighted mean cosine of RoI features (METHOD.md §5.3 "Appearance").
+    """Mask-weighted mean cosine of RoI features (docs/method.md §5.3 "Appearance").
 
     Masks are resized bilinearly to the feature size, then
     ``sim_k = sum_{c,y,x} f_q f_k m_q m_k / (sum_{y,x} m_q m_k + 1e-6)``.
@@ -113,7 +113,8 @@ def appearance_similarity(q_mask: Tensor, q_feat: Tensor, masks: Tensor, feats: 
 
 
 def aspect_ratio_ratio(q_box: Tensor, boxes: Tensor) -> Tensor:
-    """``(w_q / h_q) / (w_k / h_k)`` with 1e-5 added to heights (METHOD.md §5.3); ``float[K]``."""
+    """``(w_q / h_q) / (w_k / h_k)`` with 1e-5 added to heights (docs/method.md §5.3);
+    ``float[K]``."""
     qb = q_box.float()
     b = boxes.float()
     rq = (qb[2] - qb[0]) / (qb[3] - qb[1] + 1e-5)
@@ -287,7 +288,7 @@ class ObjectBank:
 
     @torch.no_grad()
     def query(self, *, mask: Tensor, feat: Tensor, box: Tensor, label: int) -> Retrieved | None:
-        """Objects of class ``label`` similar to the query (METHOD.md §5.3).
+        """Objects of class ``label`` similar to the query (docs/method.md §5.3).
 
         Args:
             mask: ``float[m, m]`` the query's (student) mask probabilities.

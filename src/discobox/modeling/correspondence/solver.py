@@ -3,7 +3,7 @@
 Pure functions on tensors; the per-batch wiring (target assignment, RoI crops, object bank) is
 :class:`discobox.modeling.correspondence.branch.CorrespondenceBranch`.
 
-Solvers (METHOD.md §5.4), both returning ``(Cu, T)`` for a query crop against ``K`` retrieved
+Solvers (docs/method.md §5.4), both returning ``(Cu, T)`` for a query crop against ``K`` retrieved
 crops on an ``s x s`` grid (``n = s*s`` cells, s = 7):
 
 - ``"faithful"`` (:func:`solve_faithful`): what the official code runs. Cosine affinity ``Cu``,
@@ -23,7 +23,7 @@ Cross-image evidence (§5.6): :func:`cross_image_evidence` transfers the retriev
 foreground/background through the super-resolved transport to the query's 28x28 crop;
 :func:`paste_evidence` puts it into the ¼-res ``cross_term`` ``float[N, 2, h, w]`` (channel 0
 background, 1 foreground) that
-:func:`discobox.modeling.crf.crf_pseudo_labels` accepts.
+:func:`discobox.modeling.crf.pseudo_labels.crf_pseudo_labels` accepts.
 """
 
 from __future__ import annotations
@@ -104,7 +104,7 @@ def solve_faithful(
     f0: Tensor, f1: Tensor, *, num_iters: int = 10, num_smooth_iters: int = 1,
     dist_kernel: int = 9,
 ) -> tuple[Tensor, Tensor]:
-    """The official ``SemanticCorrSolver.solve`` (METHOD.md §5.4).
+    """The official ``SemanticCorrSolver.solve`` (docs/method.md §5.4).
 
     ``C <- Cu * D`` (no grad); ``num_iters`` times: ``V = smooth(C)``, ``V <- V / (sum_j V +
     1e-4)``, ``C <- Cu + V``, ``C <- C / (sum_j C + 1e-4)``. Returns ``(Cu, T = C)``; ``T`` keeps
@@ -188,7 +188,7 @@ def hough_voting(
     votes: Tensor, src_xy: Tensor, trg_xy: Tensor, *, src_size: tuple[float, float],
     trg_size: tuple[float, float], cell_size: float, filter_size: int = 7,
 ) -> Tensor:
-    """Regularised Hough matching (SCOT ``rhm``, METHOD.md §8.4 step 5).
+    """Regularised Hough matching (SCOT ``rhm``, docs/method.md §8.4 step 5).
 
     Every pair ``(i, j)`` votes with weight ``votes[i, j]`` for its offset bin
     ``floor((src_w - x_i + x'_j) / cell, (src_h - y_i + y'_j) / cell)``; the Hough space is
@@ -259,7 +259,7 @@ def solve_sinkhorn(
 
 
 def faithful_corr_loss(cu: Tensor, t: Tensor) -> Tensor:
-    """The official "InfoNCE" term of one query (METHOD.md §5.5).
+    """The official "InfoNCE" term of one query (docs/method.md §5.5).
 
     Targets ``a[k, i] = argmax_j T[k, i, j]``; logits are ``softmax_j(Cu[k, i, :])`` (temperature
     1) and ``nn.CrossEntropyLoss`` applies log-softmax again: ``CE(softmax(Cu), a)`` averaged over

@@ -1,11 +1,11 @@
-"""Local-window sums over a pixel neighbourhood, shared by both CRF modes (METHOD.md §4.3).
+"""Local-window sums over a pixel neighbourhood, shared by both CRF modes (docs/method.md §4.3).
 
 ``window_sum`` is the reference (one shifted copy per offset, zero padding);
 ``lattice_window_sum`` computes the same sum with one ``F.unfold``, optionally on one colour
-class of pixels only (the mean-field "colored" schedule). ``full_window_sum`` picks between
-the two by device: on the CPU the per-offset loop is 8-20x faster than the unfold (which
-copies every window); on a GPU the unfold is 3 kernel launches instead of about ``3 k^2``, and
-launches are what a GPU training step of small maps spends its time on (BENCHMARKS.md, GPU).
+class of pixels only (the colored schedule that the tests use as the reference of the parallel
+one). ``full_window_sum`` picks between the two by device: on the CPU the per-offset loop is
+faster than the unfold (which copies every window); on a GPU the unfold is 3 kernel launches
+instead of about ``3 k^2`` (BENCHMARKS.md "Speed and checks on a GPU").
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+CHUNK_ELEMS = 1 << 24  # unfolded values per chunk of objects in one CRF sweep (64 MiB in fp32)
 
 
 def offsets(kernel_size: int, dilation: int = 1) -> list[tuple[int, int]]:
@@ -45,7 +47,7 @@ def lattice_window_sum(
     b + step j)`` only, via one ``F.unfold``: ``[N, ceil((h - a) / step), ceil((w - b) / step)]``.
 
     With ``step = 1`` this is :func:`window_sum` for every pixel in one strided op instead of one
-    op per offset; with ``step = period`` it is the field on one colour class of the "colored"
+    op per offset; with ``step = period`` it is the field on one colour class of the colored
     schedule at ``1 / period^2`` of the cost. ``kernel`` is ``[K, h, w]`` (one for all maps) or
     ``[N, K, h, w]`` (one per map).
     """

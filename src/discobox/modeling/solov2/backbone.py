@@ -1,10 +1,10 @@
 """ResNet / ResNeXt backbone with mmdet semantics, built from torchvision's ResNet.
 
-METHOD.md §2.2: outputs C2..C5 (strides 4/8/16/32); ``frozen_stages=1`` freezes the stem and
+docs/method.md §2.2: outputs C2..C5 (strides 4/8/16/32); ``frozen_stages=1`` freezes the stem and
 ``layer1`` (no gradient, eval mode); ``norm_eval=True`` keeps *every* BatchNorm in eval mode with
 frozen running statistics while the affine gamma/beta of the unfrozen stages stay trainable (this
 is not torchvision's ``FrozenBatchNorm2d``); optional DCNv2 replaces ``conv2`` of every bottleneck
-of the selected stages. Parameter names equal torchvision's minus ``fc.*`` (METHOD.md §9.1), so
+of the selected stages. Parameter names equal torchvision's minus ``fc.*`` (docs/method.md §9.1), so
 torchvision and official DiscoBox backbone weights load by plain copy.
 """
 
@@ -33,7 +33,7 @@ ARCHS: dict[str, tuple[type[nn.Module], tuple[int, int, int, int], int, int]] = 
 
 
 class ResNetBackbone(nn.Module):
-    """ResNet/ResNeXt trunk returning ``[C2, C3, C4, C5]`` (METHOD.md §2.2).
+    """ResNet/ResNeXt trunk returning ``[C2, C3, C4, C5]`` (docs/method.md §2.2).
 
     Args:
         block: torchvision ``BasicBlock`` or ``Bottleneck``.
@@ -163,7 +163,8 @@ class ResNetBackbone(nn.Module):
 
 
 def _to_dcn(conv: nn.Conv2d) -> ModulatedDeformConv2d:
-    """A bias-free DCNv2 with ``conv``'s geometry (mmdet ``stage_with_dcn``, METHOD.md §2.2)."""
+    """A bias-free DCNv2 with ``conv``'s geometry (mmdet ``stage_with_dcn``, docs/method.md
+    §2.2)."""
     return ModulatedDeformConv2d(
         in_channels=conv.in_channels,
         out_channels=conv.out_channels,
@@ -188,7 +189,7 @@ def build_backbone(
 
     Args:
         name: ``resnet18/34/50/101``, ``resnext50_32x4d``, ``resnext101_32x4d`` or
-            ``resnext101_64x4d`` (the official X-101 is 64x4d, METHOD.md §2.2).
+            ``resnext101_64x4d`` (the official X-101 is 64x4d, docs/method.md §2.2).
         dcn: DCNv2 in stages 2-4 (``stage_with_dcn=(False, True, True, True)``).
         weights: path to a local torchvision state dict, or ``None`` for random init
             (torchvision's Kaiming init, equal to mmdet's).

@@ -1,6 +1,6 @@
 """Modulated deformable convolution (DCNv2) with mmcv ``ModulatedDeformConv2dPack`` semantics.
 
-METHOD.md §9.1: the module owns ``weight`` (``[C_out, C_in / groups, k, k]``), an optional
+docs/method.md §9.1: the module owns ``weight`` (``[C_out, C_in / groups, k, k]``), an optional
 ``bias`` and ``conv_offset``, a plain ``nn.Conv2d`` with ``3 * deform_groups * k * k`` output
 channels (same kernel size, stride, padding and dilation as the main conv), zero-initialised.
 Its output is split into three equal chunks ``(o1, o2, m)``; ``offset = cat(o1, o2)`` and
@@ -21,7 +21,7 @@ from torchvision.ops import deform_conv2d
 
 
 class ModulatedDeformConv2d(nn.Module):
-    """DCNv2 layer, a drop-in replacement for ``nn.Conv2d`` (METHOD.md §2.2, §2.5, §2.6, §9.1).
+    """DCNv2 layer, a drop-in replacement for ``nn.Conv2d`` (docs/method.md §2.2, §2.5, §2.6, §9.1).
 
     Args:
         in_channels: input channels ``C_in``.

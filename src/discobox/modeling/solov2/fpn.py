@@ -1,4 +1,4 @@
-"""Feature pyramid network with mmdet ``FPN`` semantics and key names (METHOD.md §2.3, §9.2).
+"""Feature pyramid network with mmdet ``FPN`` semantics and key names (docs/method.md §2.3, §9.2).
 
 1x1 lateral convs and 3x3 output convs, both with bias, no norm, no activation; the top-down
 path adds the nearest-upsampled coarser lateral resized to the finer lateral's size; extra levels
@@ -26,7 +26,7 @@ class PlainConv(nn.Module):
 
 
 class FPN(nn.Module):
-    """mmdet FPN (``start_level=0``, ``add_extra_convs=False``), METHOD.md §2.3.
+    """mmdet FPN (``start_level=0``, ``add_extra_convs=False``), docs/method.md §2.3.
 
     Args:
         in_channels: channels of the backbone outputs C2..C5, e.g. ``[256, 512, 1024, 2048]``

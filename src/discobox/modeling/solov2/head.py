@@ -1,4 +1,4 @@
-"""SOLOv2 category and kernel branches (METHOD.md §2.4, §2.5, §2.7, §2.8).
+"""SOLOv2 category and kernel branches (docs/method.md §2.4, §2.5, §2.7, §2.8).
 
 Also holds the two building blocks shared with the mask-feature branch (``mask_branch.py``):
 :class:`ConvGNReLU` (mmcv ``ConvModule`` with GroupNorm and ReLU, keys ``.conv`` / ``.gn``) and
@@ -30,7 +30,7 @@ def group_norm_groups(channels: int, preferred: int = 32) -> int:
 class ConvGNReLU(nn.Module):
     """mmcv ``ConvModule(conv(no bias) -> GN -> ReLU)`` with attributes ``conv`` and ``gn``.
 
-    METHOD.md §2.5/§2.6/§9.3-9.4: keys are ``<name>.conv.weight`` (plus
+    docs/method.md §2.5/§2.6/§9.3-9.4: keys are ``<name>.conv.weight`` (plus
     ``.conv.conv_offset.{weight,bias}`` when ``use_dcn``) and ``<name>.gn.{weight,bias}``.
     Default init is mmcv's: Kaiming-normal (fan_out, ReLU) for a plain conv, the DCN's own
     uniform init (zero offsets) for a DCN conv, GN weight 1 and bias 0 (§2.8).
@@ -82,7 +82,7 @@ def coord_features(x: Tensor) -> Tensor:
     """CoordConv channels for ``x: float[B, C, H, W]`` -> ``float[B, 2, H, W]``.
 
     Channel 0 is x = ``linspace(-1, 1, W)`` along the width, channel 1 is y = ``linspace(-1, 1,
-    H)`` along the height (METHOD.md §2.5 step 1; appended after the features, x then y).
+    H)`` along the height (docs/method.md §2.5 step 1; appended after the features, x then y).
     """
     b, _, h, w = x.shape
     xs = torch.linspace(-1, 1, w, device=x.device, dtype=x.dtype)
@@ -92,7 +92,7 @@ def coord_features(x: Tensor) -> Tensor:
 
 
 def dynamic_mask_logits(kernels: Tensor, mask_feat: Tensor) -> Tensor:
-    """Instance-mask logits as a dynamic 1x1 convolution (METHOD.md §2.7).
+    """Instance-mask logits as a dynamic 1x1 convolution (docs/method.md §2.7).
 
     ``logit_n(y, x) = sum_e kernels[n, e] * mask_feat[e, y, x]``.
 
@@ -106,8 +106,7 @@ def dynamic_mask_logits(kernels: Tensor, mask_feat: Tensor) -> Tensor:
     e, h, w = mask_feat.shape
     if kernels.ndim != 2 or kernels.shape[1] != e:
         raise ValueError(f"kernels must be [N, {e}], got {tuple(kernels.shape)}")
-    kernels = kernels.to(mask_feat.dtype)
-    return (kernels @ mask_feat.reshape(e, h * w)).reshape(kernels.shape[0], h, w)
+    return torch.einsum("ne,ehw->nhw", kernels.to(mask_feat.dtype), mask_feat)
 
 
 def split_feats(feats: Sequence[Tensor]) -> list[Tensor]:
@@ -129,7 +128,7 @@ def split_feats(feats: Sequence[Tensor]) -> list[Tensor]:
 
 
 class SOLOv2Head(nn.Module):
-    """Category and dynamic-kernel branches of SOLOv2 (METHOD.md §2.4, §2.5, §2.8).
+    """Category and dynamic-kernel branches of SOLOv2 (docs/method.md §2.4, §2.5, §2.8).
 
     Weights are shared across the five levels. Per level ``l`` the 256-channel feature gets the
     two CoordConv channels, is resized bilinearly to ``S_l x S_l``; the kernel tower sees all

@@ -1,4 +1,4 @@
-"""SOLOv2 unified mask-feature branch (METHOD.md §2.6, §2.8, §9.3).
+"""SOLOv2 unified mask-feature branch (docs/method.md §2.6, §2.8, §9.3).
 
 Four branches on P2..P5, each ``ConvGNReLU(3x3)`` followed by x2 bilinear upsampling until the
 stride is 4 (P5 first gets the two CoordConv channels); the branch outputs are summed and passed
@@ -20,7 +20,7 @@ NUM_LEVELS = 4  # P2..P5 (official start_level=0, end_level=3)
 
 
 class MaskFeatHead(nn.Module):
-    """Mask-feature head producing ``F: float[B, E, H/4, W/4]`` (METHOD.md §2.6).
+    """Mask-feature head producing ``F: float[B, E, H/4, W/4]`` (docs/method.md §2.6).
 
     Initialisation is mmcv ConvModule's default, Kaiming-normal (fan_out, ReLU), because the
     official ``init_weights`` never runs (§2.8, §12.3); DCN convs keep their own init.

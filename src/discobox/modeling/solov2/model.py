@@ -1,6 +1,6 @@
 """The SOLOv2 network: backbone -> FPN -> (category + kernel head, mask-feature head).
 
-METHOD.md §2.1: submodules are registered as ``backbone``, ``neck``, ``mask_feat_head`` and
+docs/method.md §2.1: submodules are registered as ``backbone``, ``neck``, ``mask_feat_head`` and
 ``bbox_head`` (the official order and key prefixes, §9), so an official ``state_dict`` loads
 strictly. Input normalisation happens inside the model with non-persistent buffers, which are
 therefore not part of the ``state_dict``.
@@ -15,7 +15,7 @@ from .head import SOLOv2Head, dynamic_mask_logits
 from .mask_branch import MaskFeatHead
 from .outputs import HeadOutput
 
-PIXEL_MEAN = (123.675, 116.28, 103.53)  # RGB, METHOD.md §3.1 step 6
+PIXEL_MEAN = (123.675, 116.28, 103.53)  # RGB, docs/method.md §3.1 step 6
 PIXEL_STD = (58.395, 57.12, 57.375)
 
 

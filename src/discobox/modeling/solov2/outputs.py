@@ -15,7 +15,7 @@ class HeadOutput:
     Attributes:
         cate_logits: per level ``l`` (5 levels), ``float[B, C, S_l, S_l]`` category logits.
         kernels: per level, ``float[B, E, S_l, S_l]`` dynamic 1x1 kernels (E = 256 by default).
-        mask_feat: ``float[B, E, H/4, W/4]`` unified mask features (METHOD.md §2.6).
+        mask_feat: ``float[B, E, H/4, W/4]`` unified mask features (docs/method.md §2.6).
         p2: ``float[B, 256, H/4, W/4]`` FPN level P2, used by the correspondence branch (§5.1).
         images: ``float[B, 3, H, W]`` the normalised, padded input (padding is 0), used by the CRF
             colour kernel (§4.3).

@@ -1,6 +1,6 @@
 """SOLOv2 test-time post-processing: points NMS, Matrix NMS, masks at original size (§7).
 
-METHOD.md §2.5 item 7 (``points_nms``) and §7 steps 1-11 (``get_seg_single``, H:1704-1853).
+docs/method.md §2.5 item 7 (``points_nms``) and §7 steps 1-11 (``get_seg_single``, H:1704-1853).
 """
 
 from __future__ import annotations
@@ -12,13 +12,14 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ...structures import Instances
-from ..crf.pseudo_labels import CRFParams, box_masks, check_refine_mode, crf_pseudo_labels
+from ..crf.params import CRFParams, check_refine_mode
+from ..crf.pseudo_labels import box_masks, crf_pseudo_labels
 from .head import dynamic_mask_logits
 from .outputs import HeadOutput
 
 
 def points_nms(heat: Tensor, kernel: int = 2) -> Tensor:
-    """SOLOv2's asymmetric local-maximum filter (METHOD.md §2.5 item 7).
+    """SOLOv2's asymmetric local-maximum filter (docs/method.md §2.5 item 7).
 
     A cell is kept iff its score equals the max over the 2x2 window of itself and its up, left
     and up-left neighbours (max-pool k=2, stride 1, pad 1, last row/column cropped).
@@ -44,7 +45,7 @@ def matrix_nms(
     sigma: float = 2.0,
     sum_masks: Tensor | None = None,
 ) -> Tensor:
-    """Matrix NMS (METHOD.md §7 step 8; official SOLOv2 ``matrix_nms``).
+    """Matrix NMS (docs/method.md §7 step 8; official SOLOv2 ``matrix_nms``).
 
     Inputs must be sorted by descending score. With ``IoU[i, j]`` the mask IoU of ``i`` ranked
     above ``j`` and of the same class (0 otherwise), and ``comp_i = max_k IoU[k, i]``:
@@ -87,7 +88,7 @@ def matrix_nms(
 def masks_to_boxes(masks: Tensor) -> Tensor:
     """Tight boxes ``[x_min, y_min, x_max + 1, y_max + 1]`` of non-empty ``bool[N, H, W]`` masks.
 
-    Returns ``float32[N, 4]`` (METHOD.md §7 step 11). Empty masks give ``[0, 0, 0, 0]``-like
+    Returns ``float32[N, 4]`` (docs/method.md §7 step 11). Empty masks give ``[0, 0, 0, 0]``-like
     garbage; filter them first.
     """
     n, h, w = masks.shape
@@ -103,7 +104,7 @@ def masks_to_boxes(masks: Tensor) -> Tensor:
 
 
 class SOLOv2PostProcessor:
-    """Turns :class:`HeadOutput` into per-image :class:`Instances` (METHOD.md §7).
+    """Turns :class:`HeadOutput` into per-image :class:`Instances` (docs/method.md §7).
 
     Args:
         score_thr: category-score threshold (step 2).

@@ -1,4 +1,4 @@
-"""SOLOv2 target assignment and ¼-resolution mask targets (METHOD.md §3.1-§3.4).
+"""SOLOv2 target assignment and ¼-resolution mask targets (docs/method.md §3.1-§3.4).
 
 Box supervision: every GT box stands for a filled rectangle whose rounded right/bottom edge is
 *inclusive* (§3.1 step 3). Its ¼-res target is what ``cv2.resize(mask, (w, h), INTER_LINEAR)``
@@ -38,7 +38,7 @@ DEFAULT_SCALE_RANGES: tuple[tuple[float, float], ...] = (
 
 @dataclass
 class LevelTargets:
-    """Targets of one pyramid level for a whole batch (METHOD.md §3.3 "Combining the images").
+    """Targets of one pyramid level for a whole batch (docs/method.md §3.3 "Combining the images").
 
     ``P`` is the number of (cell, GT) pairs of this level over the batch, image-major, and within
     an image in GT order, then row-major over each GT's cells (duplicated cells kept).
@@ -81,7 +81,7 @@ def _quarter_size(padded_size: tuple[int, int]) -> tuple[int, int]:
 def rounded_box_extents(
     boxes: Tensor, padded_size: tuple[int, int], *, image_size: tuple[int, int] | None = None
 ) -> tuple[Tensor, Tensor]:
-    """Inclusive integer extents of the box masks (METHOD.md §3.1 step 3).
+    """Inclusive integer extents of the box masks (docs/method.md §3.1 step 3).
 
     Args:
         boxes: ``float[N, 4]`` xyxy in the resized frame.
@@ -113,7 +113,7 @@ def _sample_counts(lo: Tensor, hi: Tensor, n: int) -> Tensor:
 def box_mask_quarter(
     boxes: Tensor, padded_size: tuple[int, int], *, image_size: tuple[int, int] | None = None
 ) -> Tensor:
-    """¼-res box "masks" exactly as cv2 ``INTER_LINEAR`` would give them (METHOD.md §3.1-3.2).
+    """¼-res box "masks" exactly as cv2 ``INTER_LINEAR`` would give them (docs/method.md §3.1-3.2).
 
     Args:
         boxes: ``float[N, 4]`` xyxy in the resized frame.
@@ -133,7 +133,7 @@ def box_mask_quarter(
 
 
 def mask_quarter(masks: Tensor, padded_size: tuple[int, int]) -> Tensor:
-    """¼-res targets of real masks, the cv2 ``INTER_LINEAR`` 4x rule (METHOD.md §3.2).
+    """¼-res targets of real masks, the cv2 ``INTER_LINEAR`` 4x rule (docs/method.md §3.2).
 
     The mask is zero-padded (bottom/right) to ``padded_size``; output pixel ``(k, l)`` is 1 iff the
     mean of input rows ``{4k+1, 4k+2}`` x columns ``{4l+1, 4l+2}`` is ``>= 0.5``.
@@ -159,7 +159,7 @@ def box_center_of_mass(
     boxes: Tensor, padded_size: tuple[int, int], *, image_size: tuple[int, int] | None = None
 ) -> Tensor:
     """Centre of mass of the full-res box mask: the midpoint of the rounded, inclusive extents
-    (METHOD.md §3.3 step 2). Returns ``float32[N, 2]`` as ``(c_y, c_x)`` in pixels."""
+    (docs/method.md §3.3 step 2). Returns ``float32[N, 2]`` as ``(c_y, c_x)`` in pixels."""
     ext, _ = rounded_box_extents(boxes, padded_size, image_size=image_size)
     ext = ext.float()
     return torch.stack([(ext[:, 1] + ext[:, 3]) / 2, (ext[:, 0] + ext[:, 2]) / 2], dim=1)
@@ -167,7 +167,7 @@ def box_center_of_mass(
 
 def mask_center_of_mass(masks: Tensor) -> Tensor:
     """True centre of mass of ``bool[N, h, w]`` masks with pixel indices as coordinates
-    (METHOD.md §3.3 step 2). Returns ``float32[N, 2]`` ``(c_y, c_x)``; 0 for empty masks."""
+    (docs/method.md §3.3 step 2). Returns ``float32[N, 2]`` ``(c_y, c_x)``; 0 for empty masks."""
     m = masks.double()
     n, h, w = m.shape
     area = m.sum(dim=(1, 2)).clamp(min=1e-6)
@@ -288,7 +288,7 @@ def assign_targets(
     use_masks: bool = False,
     device: torch.device | str | None = None,
 ) -> list[LevelTargets]:
-    """SOLOv2 main assignment ``solov2_target_single`` for a batch (METHOD.md §3.3).
+    """SOLOv2 main assignment ``solov2_target_single`` for a batch (docs/method.md §3.3).
 
     A GT goes to every level whose inclusive range holds ``sqrt(w*h)`` (ranges overlap, so up to
     two levels). Its positive cells are the centre region (``sigma`` x box size around the centre
@@ -345,7 +345,8 @@ def assign_targets(
 
 
 def scale_mids(scale_ranges: Sequence[tuple[float, float]]) -> list[float]:
-    """``sqrt(lo*hi)`` per level: ``[9.80, 96, 192, 384, 886.8]`` by default (METHOD.md §3.4)."""
+    """``sqrt(lo*hi)`` per level: ``[9.80, 96, 192, 384, 886.8]`` by default
+    (docs/method.md §3.4)."""
     return [math.sqrt(lo * hi) for lo, hi in scale_ranges]
 
 
@@ -359,7 +360,7 @@ def assign_best_targets(
     use_masks: bool = False,
     device: torch.device | str | None = None,
 ) -> list[LevelTargets]:
-    """Single-cell assignment ``best_target_single`` for the correspondence branch (METHOD.md
+    """Single-cell assignment ``best_target_single`` for the correspondence branch (docs/method.md
     §3.4).
 
     Each non-empty GT goes to exactly one level, the one minimising

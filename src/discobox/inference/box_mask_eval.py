@@ -15,9 +15,10 @@ from typing import Any
 
 import numpy as np
 from pycocotools import mask as mask_utils
+from pycocotools.coco import COCO
 
-from ..data.coco import compressed_rle, segmentation_to_rle
-from .evaluator import coco_evaluate
+from ..data.coco_results import coco_evaluate
+from ..data.segmentation import compressed_rle, segmentation_to_rle
 
 logger = logging.getLogger("discobox")
 
@@ -57,8 +58,6 @@ def evaluate_box_masks(
         non-crowd boxes without a GT mask), ``bad_gt_mask`` (undecodable GT masks) and, when
         ``num_evaluated > 0``, ``segm/AP`` ... ``segm/APl`` in percent.
     """
-    from pycocotools.coco import COCO
-
     gt, results, ious = [], [], []
     no_gt = bad_gt = 0
     for ann, pred, score in zip(annotations, predictions, scores):
