@@ -108,10 +108,15 @@ def _crops(box_masks: Tensor, r: int) -> dict[Crop, list[int]]:
         torch.where(rows, ar_h, h).amin(dim=1), torch.where(rows, ar_h, -1).amax(dim=1),
         torch.where(cols, ar_w, w).amin(dim=1), torch.where(cols, ar_w, -1).amax(dim=1),
     ], dim=1).tolist() if n else []
+    # Crop origins are rounded down to multiples of r + 1. Any origin at least r before the box
+    # gives the same labels; this one keeps the crops, and so the batching and the float
+    # summation order, of the runs that BENCHMARKS.md reports (bit-identical training).
+    period = r + 1
     groups: dict[Crop, list[int]] = {}
     for i, (ya, yb, xa, xb) in enumerate(bounds):
         if yb >= 0:
-            crop = (max(0, ya - r), min(h, yb + 1 + r), max(0, xa - r), min(w, xb + 1 + r))
+            crop = (max(0, ya - r) // period * period, min(h, yb + 1 + r),
+                    max(0, xa - r) // period * period, min(w, xb + 1 + r))
             groups.setdefault(crop, []).append(i)
     return groups
 
