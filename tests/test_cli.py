@@ -92,7 +92,8 @@ def test_predict_set_alias_takes_one_override(trained, tiny_coco, tmp_path, monk
 
     def fake_predict_files(**kwargs):
         seen.update(kwargs)
-        return tmp_path / "predictions.json"
+        return {"images": 1, "videos": 0, "frames": 0, "skipped": 0, "detections": 0,
+                "out": str(tmp_path / "predictions.json")}
 
     monkeypatch.setattr(cli_predict, "predict_files", fake_predict_files)
     image = str(sorted((tiny_coco / "images").glob("val_*.png"))[0])
@@ -140,7 +141,7 @@ def test_debug_env_reraises_user_errors(monkeypatch):
 def test_bugs_keep_their_traceback(monkeypatch):
     """Only DiscoboxError is a user error: a RuntimeError (a shape bug, CUDA OOM) propagates."""
 
-    def boom(cfg, *, resume):
+    def boom(cfg, *, resume, overrides=None):
         raise RuntimeError("boom")
 
     monkeypatch.setattr(cli_train, "train", boom)

@@ -147,3 +147,89 @@ def test_removed_keys_are_an_error_for_users_and_dropped_from_old_checkpoints(ca
     assert "loss.ts_object_thresh=0.5" in caplog.text
     with pytest.raises(ConfigError, match="unknown config key 'loss.nope'"):
         config_from_dict({"loss": {"nope": 1}})
+
+
+@pytest.mark.parametrize(
+    "override,expected",
+    [
+        ("data.batch_size=0", "'data.batch_size' must be >= 1"),
+        ("data.num_workers=-1", "'data.num_workers' must be >= 0"),
+        ("train.checkpoint_period=0", "'train.checkpoint_period' must be >= 1"),
+        ("train.log_period=0", "'train.log_period' must be >= 1"),
+        ("train.eval_period=-5", "'train.eval_period' must be >= 0"),
+        ("train.keep_checkpoints=-1", "'train.keep_checkpoints' must be >= 0"),
+        ("solver.max_iter=0", "'solver.max_iter' must be >= 1"),
+        ("solver.epochs=0", "'solver.epochs' must be >= 1"),
+        ("solver.warmup_iters=-1", "'solver.warmup_iters' must be"),
+        ("solver.steps=[10,-1]", "every value of 'solver.steps' must be >= 0"),
+        ("teacher.start_iter=-3", "'teacher.start_iter' must be >= 0"),
+        ("model.num_classes=0", "'model.num_classes' must be >= 1"),
+        ("data.train_scales=[[640,0]]", "every value of 'data.train_scales' must be >= 1"),
+        ("test.tile=[0,64]", "every value of 'test.tile' must be >= 1"),
+    ],
+)
+def test_counts_and_periods_below_their_least_value_name_the_key(override, expected):
+    """Values that divide or loop (batch size, periods, iteration counts) fail at load time with
+    one line naming the key, on every load path: overrides, a file, replace, a stored config."""
+    with pytest.raises(ConfigError, match=expected) as err:
+        load_config(None, [override])
+    assert "\n" not in str(err.value)
+    key, value = override.split("=", 1)
+    with pytest.raises(ConfigError, match=expected):
+        Config().replace(**parse_cli_overrides([override]))
+    section, name = key.split(".")
+    import yaml
+
+    with pytest.raises(ConfigError, match=expected):
+        config_from_dict({section: {name: yaml.safe_load(value)}})
+
+
+def test_least_values_in_a_file_name_file_and_key(tmp_path):
+    p = tmp_path / "bad.yaml"
+    p.write_text("data:\n  batch_size: 0\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml: 'data.batch_size' must be >= 1, got 0"):
+        load_config(p)
+    # the least values themselves, and an unset max_iter, are fine
+    cfg = load_config(None, ["data.batch_size=1", "train.eval_period=0", "solver.max_iter=null",
+                             "data.num_workers=0", "train.keep_checkpoints=0"])
+    assert cfg.data.batch_size == 1 and cfg.solver.max_iter is None
+
+
+def test_base_chain_inherits_and_the_child_wins(tmp_path):
+    """``_base_``: a recipe name or a path relative to the YAML's folder, two levels deep; the
+    child's keys override the base's section by section, command-line overrides win last."""
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "mid.yaml").write_text(
+        "_base_: discobox_r18_fpn_cpu\nsolver:\n  lr: 0.02\ndata:\n  batch_size: 2\n")
+    child = tmp_path / "sub" / "child.yaml"
+    child.write_text("description: mine\n_base_: ../mid.yaml\ndata:\n  batch_size: 3\n"
+                     "  train_json: my.json\n")
+    cfg = load_config(child, ["train.log_period=7"])
+    cpu = load_config("discobox_r18_fpn_cpu")
+    assert cfg.data.batch_size == 3 and cfg.data.train_json == "my.json"  # child
+    assert cfg.solver.lr == 0.02  # mid
+    assert cfg.model.backbone.name == "resnet18" and cfg.crf.mode == "meanfield"  # recipe
+    assert cfg.data.train_scales == cpu.data.train_scales  # same section, key not overridden
+    assert cfg.solver.steps == cpu.solver.steps and cfg.train.log_period == 7
+    # a base's fractions of max_iter follow the child's max_iter
+    (tmp_path / "short.yaml").write_text("_base_: discobox_r18_fpn_cpu\nsolver:\n  max_iter: 720\n")
+    short = load_config(tmp_path / "short.yaml")
+    assert short.solver.steps == (576, 672) and short.teacher.start_iter == 240
+
+
+def test_base_cycle_and_bad_base_are_one_line_errors(tmp_path):
+    (tmp_path / "a.yaml").write_text("_base_: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("_base_: a.yaml\nsolver:\n  lr: 0.1\n")
+    with pytest.raises(ConfigError, match=r"_base_ cycle: .*a.yaml -> .*b.yaml -> .*a.yaml"):
+        load_config(tmp_path / "a.yaml")
+    (tmp_path / "self.yaml").write_text("_base_: self.yaml\n")
+    with pytest.raises(ConfigError, match="_base_ cycle"):
+        load_config(tmp_path / "self.yaml")
+    (tmp_path / "missing.yaml").write_text("_base_: nowhere.yaml\n")
+    with pytest.raises(ConfigError, match=r"missing.yaml: _base_: config 'nowhere.yaml'"):
+        load_config(tmp_path / "missing.yaml")
+    (tmp_path / "list.yaml").write_text("_base_: [a.yaml]\n")
+    with pytest.raises(ConfigError, match="'_base_' must be a recipe name or a YAML path"):
+        load_config(tmp_path / "list.yaml")
+    with pytest.raises(ConfigError, match="unknown config key '_base_'"):
+        load_config(None, ["_base_=discobox_r18_fpn_cpu"])

@@ -401,3 +401,20 @@ def test_tiled_model_method_labels_each_box_in_its_window(tiny_weights, tmp_path
     untiled = [coco.annToMask(a).astype(bool) for a in json.loads(whole.read_text())["annotations"]]
     # without tiles the wide image is one input: its masks are not the windows' masks
     assert not (np.array_equal(untiled[0], masks[0]) and np.array_equal(untiled[1], masks[1]))
+
+
+def test_output_path_checked_before_any_work(tiny_coco, tmp_path, monkeypatch):
+    from discobox.checkpoint.io import OutputError
+
+    def no_labelling(*a, **k):
+        raise AssertionError("labelled before the output path was checked")
+
+    monkeypatch.setattr(pl, "_label_all", no_labelling)
+    with pytest.raises(OutputError, match="is a directory"):
+        pseudo_label(boxes_json=tiny_coco / "val.json", images_dir=tiny_coco / "images",
+                     out_json=tmp_path, method="box", progress=False)
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(OutputError, match="not writable"):
+        pseudo_label(boxes_json=tiny_coco / "val.json", images_dir=tiny_coco / "images",
+                     out_json=blocker / "out.json", method="box", progress=False)

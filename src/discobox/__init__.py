@@ -4,6 +4,10 @@ Public API::
 
     from discobox import Config, load_config, build_model, load_model, Predictor, pseudo_label
     from discobox import DiscoboxError  # every error a user's input can cause
+
+    predictor = Predictor.from_checkpoint("runs/demo/model_final.pth")
+    instances = predictor("image.jpg")                         # path, PIL image or array
+    masks, scores = predictor.segment_boxes("image.jpg", [[x0, y0, x1, y1]])  # masks of boxes
 """
 
 from .checkpoint.load import load_model
@@ -16,7 +20,8 @@ from .modeling.build import build_model
 __all__ = [
     "Config",
     "DiscoboxError",
-    "Predictor",     "build_model",
+    "Predictor",
+    "build_model",
     "load_config",
     "load_model",
     "pseudo_label",

@@ -14,6 +14,25 @@ parsed as YAML scalars/lists. Unknown keys raise :class:`ConfigError` with a "di
 Config keys equal the keyword names of the constructors they feed (``modeling/build.py``); the
 ``loss``, ``crf`` and ``corr`` sections are the parameter dataclasses of the modules they
 configure (``LossParams``, ``CRFParams``, ``CorrParams``).
+
+A user YAML may start with ``_base_: <recipe name or path>`` (a path is relative to the YAML's
+folder): the base is loaded first (recursively; a cycle is an error) and the file's keys
+override it, section by section.
+
+Schedules that follow ``solver.max_iter``: in a fixed-iteration schedule (``solver.max_iter``
+set), ``solver.steps``, ``solver.warmup_iters``, ``teacher.start_iter`` and
+``loss.box_warmup_iters`` may be written as fractions of ``solver.max_iter``. A number strictly
+between 0 and 1 is a fraction; it becomes ``floor(fraction * max_iter + 0.5)`` iterations once
+every layer (``_base_`` chain, file, overrides) is merged, so ``solver.max_iter=720`` alone
+rescales a recipe written this way (the CPU recipe: steps 0.8 and 14/15, warm-up 1/15, teacher
+and box warm-up at 1/3). A whole number is iterations, as given. With ``solver.max_iter`` unset
+(the paper's epoch-based recipes) a fraction is an error. :func:`load_config`,
+:func:`apply_overrides` (and :meth:`Config.replace`) and :func:`config_from_dict` return
+resolved configs: a :class:`Config` holds iterations only, so changing ``solver.max_iter`` of an
+already loaded config rescales nothing.
+
+Values that count, divide or loop are checked where a file or an override sets them
+(:data:`_MINIMUM`): ``data.batch_size=0`` is a :class:`ConfigError` naming the key.
 """
 
 from __future__ import annotations
@@ -21,6 +40,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import logging
+import math
 import re
 import types
 import typing
@@ -121,6 +141,9 @@ class DataConfig:
     val_json: str | None = None
     val_images: str | None = None
     class_names: tuple[str, ...] | None = None
+    # the training json's category id of each label (set by data.build.resolve_dataset_defaults
+    # when training, stored in checkpoints so that predictions carry the dataset's ids)
+    category_ids: tuple[int, ...] | None = None
     train_scales: tuple[tuple[int, int], ...] = ((1333, 800),)  # (long side, short side)
     test_scale: tuple[int, int] = (1333, 800)
     flip_prob: float = 0.5
@@ -198,8 +221,35 @@ _ENUMS: dict[str, tuple[str, ...]] = {
 }
 
 
-# numeric keys that must not be negative (checked when a file or an override sets them)
-_NON_NEGATIVE = ("loss.box_warmup_iters", "loss.box_warmup_weight")
+# the least value of keys that count, divide or loop (of every element for a list), checked
+# when a file or an override sets them; ``None`` (an unset optional key) passes
+_MINIMUM: dict[str, float] = {
+    "model.num_classes": 1,
+    "model.num_grids": 1,
+    "data.batch_size": 1,
+    "data.num_workers": 0,
+    "data.train_scales": 1,
+    "data.test_scale": 1,
+    "data.train_crop": 1,
+    "solver.max_iter": 1,
+    "solver.epochs": 1,
+    "solver.steps": 0,
+    "solver.warmup_iters": 0,
+    "teacher.start_iter": 0,
+    "loss.box_warmup_iters": 0,
+    "loss.box_warmup_weight": 0,
+    "train.log_period": 1,
+    "train.checkpoint_period": 1,
+    "train.eval_period": 0,
+    "train.keep_checkpoints": 0,
+    "test.max_per_img": 1,
+    "test.nms_pre": 1,
+    "test.tile": 1,
+}
+
+# iteration keys that may be given as a fraction in (0, 1) of solver.max_iter (module docstring)
+FRACTION_KEYS = ("solver.steps", "solver.warmup_iters", "teacher.start_iter",
+                 "loss.box_warmup_iters")
 
 
 def _to_plain(value: Any) -> Any:
@@ -308,11 +358,76 @@ def _merge(base: Any, delta: dict[str, Any], *, prefix: str, source: str) -> Any
         current = getattr(base, name)
         if dataclasses.is_dataclass(current) and isinstance(value, dict):
             changes[name] = _merge(current, value, prefix=key, source=source)
+        elif key in FRACTION_KEYS:
+            changes[name] = _coerce_iterations(value, tp, key, source)
+            _check_minimum(changes[name], key, source)
         else:
             changes[name] = _coerce(value, tp, key, source)
-            if key in _NON_NEGATIVE and changes[name] < 0:
-                raise ConfigError(f"{source}: {key!r} must be >= 0, got {value!r}")
+            _check_minimum(changes[name], key, source)
     return dataclasses.replace(base, **changes)
+
+
+def _is_fraction(value: Any) -> bool:
+    return isinstance(value, float) and 0.0 < value < 1.0
+
+
+def _coerce_iterations(value: Any, tp: Any, key: str, source: str) -> Any:
+    """A key of :data:`FRACTION_KEYS`: whole numbers as :func:`_coerce` reads them, a float in
+    (0, 1) kept as a fraction of ``solver.max_iter`` (resolved by :func:`resolve_schedule`)."""
+    if typing.get_origin(tp) is tuple:
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{source}: {key!r} must be a list, got {value!r}")
+        return tuple(_coerce_iterations(v, int, key, source) for v in value)
+    if _is_fraction(value):
+        return value
+    try:
+        return _coerce(value, tp, key, source)
+    except ConfigError:
+        raise ConfigError(
+            f"{source}: {key!r} must be a whole number of iterations or a fraction in (0, 1) of "
+            f"solver.max_iter, got {value!r}") from None
+
+
+def _flat(value: Any) -> list[Any]:
+    if isinstance(value, tuple):
+        return [x for v in value for x in _flat(v)]
+    return [value]
+
+
+def _check_minimum(value: Any, key: str, source: str) -> None:
+    """:class:`ConfigError` naming ``key`` when ``value`` (or one of its elements) is below
+    :data:`_MINIMUM`'s bound."""
+    least = _MINIMUM.get(key)
+    if least is None or value is None:
+        return
+    if any(v < least for v in _flat(value)):
+        every = "every value of " if isinstance(value, tuple) else ""
+        raise ConfigError(f"{source}: {every}{key!r} must be >= {least}, got {_to_plain(value)!r}")
+
+
+def resolve_schedule(cfg: Config, source: str = "config") -> Config:
+    """``cfg`` with every fraction of :data:`FRACTION_KEYS` turned into iterations:
+    ``floor(fraction * solver.max_iter + 0.5)`` (module docstring). Whole numbers stay.
+
+    Raises:
+        ConfigError: a fraction while ``solver.max_iter`` is unset (an epoch-based schedule).
+    """
+    max_iter = cfg.solver.max_iter
+    changes: dict[str, Any] = {}
+    for key in FRACTION_KEYS:
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        items = value if isinstance(value, tuple) else (value,)
+        if not any(_is_fraction(v) for v in items):
+            continue
+        if max_iter is None:
+            raise ConfigError(
+                f"{source}: {key!r}={_to_plain(value)!r} holds a fraction of solver.max_iter, "
+                "which is not set (an epoch-based schedule); give iterations or set "
+                "solver.max_iter")
+        resolved = tuple(math.floor(v * max_iter + 0.5) if _is_fraction(v) else v for v in items)
+        changes[key] = list(resolved) if isinstance(value, tuple) else resolved[0]
+    return _merge(cfg, _nest(changes), prefix="", source=source) if changes else cfg
 
 
 def _nest(dotted: dict[str, Any]) -> dict[str, Any]:
@@ -329,8 +444,9 @@ def _nest(dotted: dict[str, Any]) -> dict[str, Any]:
 
 
 def apply_overrides(cfg: Config, overrides: dict[str, Any], source: str = "override") -> Config:
-    """Apply dotted-key overrides (values already parsed) to ``cfg``."""
-    return _merge(cfg, _nest(overrides), prefix="", source=source)
+    """Apply dotted-key overrides (values already parsed) to ``cfg``; fractions of
+    ``solver.max_iter`` among them are resolved against the result's ``solver.max_iter``."""
+    return resolve_schedule(_merge(cfg, _nest(overrides), prefix="", source=source), source)
 
 
 def parse_cli_overrides(items: list[str]) -> dict[str, Any]:
@@ -370,26 +486,64 @@ def resolve_config_path(name_or_path: str | Path) -> Path:
     )
 
 
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        delta = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: invalid YAML ({exc})") from exc
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read ({exc.strerror or exc})") from exc
+    if not isinstance(delta, dict):
+        raise ConfigError(f"{path}: top level must be a mapping")
+    delta.pop("description", None)
+    return delta
+
+
+def _base_path(base: Any, path: Path) -> Path:
+    """The file ``_base_`` of ``path`` names: relative to ``path``'s folder, else a recipe name
+    or a path from the working directory."""
+    if not isinstance(base, str) or not base.strip():
+        raise ConfigError(f"{path}: '_base_' must be a recipe name or a YAML path, got {base!r}")
+    near = path.parent / base
+    if near.is_file():
+        return near
+    try:
+        return resolve_config_path(base)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: _base_: {exc}") from None
+
+
+def _config_from_file(path: Path, chain: tuple[Path, ...] = ()) -> Config:
+    """Defaults, then the ``_base_`` chain of ``path`` (outermost first), then ``path``'s keys;
+    fractions of ``solver.max_iter`` stay unresolved."""
+    real = path.resolve()
+    if real in chain:
+        cycle = " -> ".join(str(p) for p in (*chain[chain.index(real):], real))
+        raise ConfigError(f"{path}: _base_ cycle: {cycle}")
+    delta = _read_yaml(path)
+    cfg = Config()
+    if "_base_" in delta:
+        cfg = _config_from_file(_base_path(delta.pop("_base_"), path), (*chain, real))
+    return _merge(cfg, delta, prefix="", source=str(path))
+
+
 def load_config(
     name_or_path: str | Path | None = None, overrides: dict[str, Any] | list[str] | None = None
 ) -> Config:
-    """Defaults, then the recipe/YAML delta (if given), then overrides (dotted keys)."""
+    """Defaults, then the recipe/YAML delta (if given, after its ``_base_`` chain), then
+    overrides (dotted keys); fractions of ``solver.max_iter`` are resolved last."""
     cfg = Config()
+    source = "override"
     if name_or_path is not None:
         path = resolve_config_path(name_or_path)
-        try:
-            delta = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: invalid YAML ({exc})") from exc
-        if not isinstance(delta, dict):
-            raise ConfigError(f"{path}: top level must be a mapping")
-        delta.pop("description", None)
-        cfg = _merge(cfg, delta, prefix="", source=str(path))
+        cfg = _config_from_file(path)
+        source = str(path)
     if overrides:
         if isinstance(overrides, list):
             overrides = parse_cli_overrides(overrides)
-        cfg = apply_overrides(cfg, overrides)
-    return cfg
+        cfg = _merge(cfg, _nest(overrides), prefix="", source="override")
+        source = "override" if name_or_path is None else f"{source} + overrides"
+    return resolve_schedule(cfg, source)
 
 
 def config_from_dict(data: dict[str, Any], source: str = "checkpoint") -> Config:
@@ -407,4 +561,4 @@ def config_from_dict(data: dict[str, Any], source: str = "checkpoint") -> Config
             if value != current:
                 logger.warning("%s: ignoring the removed config key %s=%r (training-only; "
                                "behaves as %r now)", source, key, value, current)
-    return _merge(Config(), data, prefix="", source=source)
+    return resolve_schedule(_merge(Config(), data, prefix="", source=source), source)

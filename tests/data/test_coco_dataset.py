@@ -196,9 +196,9 @@ def test_box_mode_never_reads_segmentation(tmp_path, image_dir):
     for key in ("boxes", "labels", "ids"):
         torch.testing.assert_close(getattr(sa["instances"], key), getattr(sb["instances"], key))
     assert sb["instances"].masks is None
-    with pytest.raises(ValueError, match=r"b\.json: annotation 1: cannot decode"):
-        CocoDataset(ann_file=tmp_path / "b.json", image_dir=image_dir, mode="full").instances(0)
-    with pytest.raises(ValueError, match=r"a\.json: annotation 1: 'full' mode needs"):
+    with pytest.raises(ValueError, match=r"b\.json: annotation 1 .*'full' mode needs a valid"):
+        CocoDataset(ann_file=tmp_path / "b.json", image_dir=image_dir, mode="full")
+    with pytest.raises(ValueError, match=r"a\.json: annotation 1 .*'full' mode needs"):
         CocoDataset(ann_file=tmp_path / "a.json", image_dir=image_dir, mode="full")
 
 

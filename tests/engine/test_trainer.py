@@ -190,3 +190,99 @@ def test_crop_training_without_tiled_test_warns(caplog):
         "data.train_crop=[512,1024]"]))  # the test images fit one crop
     trainer_mod._warn_crop_without_tiles(load_config("discobox_r18_fpn_cpu"))
     assert caplog.text == ""
+
+
+def _cli(tiny_coco, out, **extra):
+    from discobox.cli.main import main
+
+    return main(["train", "discobox_r18_fpn_cpu", "--output-dir", str(out),
+                 *tiny_overrides(tiny_coco, out, **extra)])
+
+
+def test_cli_resume_restores_the_checkpoint_config(tiny_coco, tmp_path, capsys):
+    """`train RECIPE --output-dir RUN --resume` needs no data keys: the checkpoint's config is
+    restored; only keys given on the command line override it, each logged."""
+    import yaml
+
+    from discobox.cli.main import main
+
+    run = tmp_path / "run"
+    short = {"solver.max_iter": 2, "solver.steps": "[]", "data.val_json": "null",
+             "data.batch_size": 1}
+    assert _cli(tiny_coco, run, **short) == 0
+    before = yaml.safe_load((run / "config.yaml").read_text())
+    capsys.readouterr()
+    rc = main(["train", "discobox_r18_fpn_cpu", "--output-dir", str(run), "--resume",
+               "solver.max_iter=3"])
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    assert json.loads(out)["iteration"] == 3
+    after = yaml.safe_load((run / "config.yaml").read_text())
+    assert after["solver"]["max_iter"] == 3
+    after["solver"]["max_iter"] = 2
+    assert after == before  # batch 1, 128 px, the data keys: all the checkpoint's
+    log = (run / "log.txt").read_text()
+    assert "resume: solver.max_iter: 2 -> 3" in log
+    assert log.count("resume: ") == 1  # only the key given (the output dir is unchanged)
+    assert load_checkpoint_file(find_last_checkpoint(run))["iteration"] == 3
+
+
+def test_cli_one_line_errors_for_unwritable_dir_and_non_finite_loss(tiny_coco, tmp_path,
+                                                                   monkeypatch, capsys):
+    (tmp_path / "file").write_text("x")
+    assert _cli(tiny_coco, tmp_path / "file" / "run") == 2
+    err = capsys.readouterr().err
+    assert err.startswith("discobox train: error: output directory is not writable: ")
+    assert len(err.strip().splitlines()) == 1
+
+    real = trainer_mod.build_criterion
+
+    def nan_criterion(c):
+        crit = real(c)
+
+        def call(*args, **kwargs):
+            losses, stats = crit(*args, **kwargs)
+            losses["loss_cls"] = losses["loss_cls"] * float("inf")
+            return losses, stats
+
+        return call
+
+    monkeypatch.setattr(trainer_mod, "build_criterion", nan_criterion)
+    assert _cli(tiny_coco, tmp_path / "nan", **{"data.val_json": "null"}) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("discobox train: error: non-finite loss at iteration 1: ")
+    assert not any("Traceback" in line for line in err), "\n".join(err)
+
+
+def test_sigint_saves_the_current_iteration_and_resume_is_exact(tiny_coco, tmp_path,
+                                                               monkeypatch):
+    """SIGINT during iteration 3 (no checkpoint due): the step finishes, model_0000003.pth is
+    written, TrainingInterrupted says so; --resume then ends bit-identical to a straight run
+    (SIGTERM through the CLI: tests/engine/test_fault_injection.py)."""
+    import os
+    import signal
+
+    extra = {"data.val_json": "null"}
+    trainer_mod.train(_cfg(tiny_coco, tmp_path / "full", **extra))
+    ref = load_checkpoint_file(find_last_checkpoint(tmp_path / "full"))
+
+    real_step = trainer_mod._train_step
+
+    def step_with_sigterm(run, batch, it):
+        if it == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_step(run, batch, it)
+
+    monkeypatch.setattr(trainer_mod, "_train_step", step_with_sigterm)
+    part = _cfg(tiny_coco, tmp_path / "part", **extra)
+    with pytest.raises(trainer_mod.TrainingInterrupted) as stop:
+        trainer_mod.train(part)
+    assert stop.value.signum == signal.SIGINT and stop.value.iteration == 3
+    assert stop.value.checkpoint.name == "model_0000003.pth"
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+    monkeypatch.setattr(trainer_mod, "_train_step", real_step)
+    assert load_checkpoint_file(find_last_checkpoint(tmp_path / "part"))["iteration"] == 3
+    trainer_mod.train(part, resume=True)
+    got = load_checkpoint_file(find_last_checkpoint(tmp_path / "part"))
+    for part_name in ("model", "teacher"):
+        _assert_same(got[part_name], ref[part_name], part_name)

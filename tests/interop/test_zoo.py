@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -64,3 +67,21 @@ def test_cli_zoo(capsys):
     assert main(["zoo"]) == 0
     out = capsys.readouterr().out
     assert "discobox_x101_dcn_fpn_3x_coco" in out and "37.9" in out
+    for e in zoo.list_models():
+        if e.url is not None:  # every released weight: source, sha256 state, licence
+            assert e.url in out and e.licence == zoo.NVIDIA_LICENCE
+    assert out.count("sha256:  not published") == 3
+    assert out.count("check the official repository's licence before use") == 3
+
+
+def test_zoo_into_a_closed_pipe_is_quiet():
+    """`discobox zoo | head -0`: the reader is gone before the first write; no traceback."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        proc = subprocess.run([sys.executable, "-m", "discobox", "zoo"], stdout=write_end,
+                              stderr=subprocess.PIPE, text=True, timeout=120)
+    finally:
+        os.close(write_end)
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr and "BrokenPipeError" not in proc.stderr

@@ -155,9 +155,11 @@ def test_empty_mask_falls_back_to_neighbour_then_box():
     chunk = _run(_head_output(-5.0, 5.0))
     assert int(chunk.source[0]) == SOURCE_NEIGHBOUR
     torch.testing.assert_close(chunk.scores[0], torch.sigmoid(torch.tensor(1.0)))
+    assert abs(float(chunk.confidence[0]) - float(torch.sigmoid(torch.tensor(5.0)))) < 1e-6
     chunk = _run(_head_output(-5.0, -5.0))
     assert int(chunk.source[0]) == SOURCE_BOX
     assert bool(chunk.crops[0].all())
+    assert float(chunk.confidence[0]) == 0.0  # a filled box is reviewed first
 
 
 def test_refine_keeps_the_part_of_the_box_its_colour_supports():

@@ -1,16 +1,19 @@
 """Model zoo: every built-in recipe with its official weights (provenance) and reported AP.
 
-Weights are data: config name, the official weights file, its URL and sha256, and the metric
-the weights reach. The numbers are the official README's (docs/method.md §10),
-COCO mask AP on val2017 and test-dev from the same weights. Nothing here is guessed: the
-official repository publishes no checksums, so every ``sha256`` is ``None`` until somebody
-records the hash of a verified download; the VOC weights were never released and the repository
-reports no VOC numbers (docs/method.md §10), so those fields are ``None`` too.
+Weights are data: config name, the official weights file, its URL and sha256, and the metric the
+weights reach. The numbers are the official README's (docs/method.md §10), COCO mask AP on
+val2017 and test-dev from the same weights. Nothing here is guessed: the official repository
+publishes no checksums, so every ``sha256`` is ``None`` until somebody records the hash of a
+verified download; the VOC weights were never released and the repository reports no VOC numbers
+(docs/method.md §10), so those fields are ``None`` too.
 
 The file names are the ones the official README's commands use (``work_dirs/<name>.pth``); the
-Google-Drive downloads may carry other names. :func:`verify_weights` checks a file against the
-zoo by its base name: when an entry records a ``sha256`` for that name, a mismatch raises
-:class:`WeightsHashError` naming the file and both hashes. ``discobox.load_model`` calls it.
+Google-Drive downloads may carry other names. ``licence`` is the licence the weights are
+published under: the official repository (NVlabs/DiscoBox), which publishes them, is under
+the NVIDIA Source Code License (non-commercial use); check the official repository's licence
+before use. :func:`verify_weights` checks a file against the zoo by its base name: when an entry
+records a ``sha256`` for that name, a mismatch raises :class:`WeightsHashError` naming the file
+and both hashes. ``discobox.load_model`` calls it.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ class ZooEntry:
         url: where the official weights are published, or ``None``.
         sha256: hex digest of the official weights file, or ``None`` when not recorded.
         reported: reported mask AP per split (empty when none is reported).
+        licence: the licence the weights are published under, or ``None`` (no weights).
         note: provenance remarks.
     """
 
@@ -56,6 +60,7 @@ class ZooEntry:
     url: str | None = None
     sha256: str | None = None
     reported: tuple[ReportedAP, ...] = ()
+    licence: str | None = None
     note: str = ""
 
     def ap(self, split: str) -> float | None:
@@ -67,6 +72,8 @@ class ZooEntry:
 
 
 _README = "official README (NVlabs/DiscoBox, docs/method.md §10)"
+NVIDIA_LICENCE = ("as the official repository github.com/NVlabs/DiscoBox: NVIDIA Source Code "
+                  "License, non-commercial; check the official repository's licence before use")
 
 ZOO: dict[str, ZooEntry] = {
     e.config: e
@@ -80,6 +87,7 @@ ZOO: dict[str, ZooEntry] = {
                 ReportedAP("val2017", 30.7, 52.6, 30.6, 13.3, 34.1, 45.6),
                 ReportedAP("test-dev", 32.0, 53.6, 32.6, 11.7, 33.7, 48.4),
             ),
+            licence=NVIDIA_LICENCE,
             note=f"AP from the {_README}; no checksum published",
         ),
         ZooEntry(
@@ -91,6 +99,7 @@ ZOO: dict[str, ZooEntry] = {
                 ReportedAP("val2017", 35.3, 59.1, 35.4, 16.9, 39.2, 53.0),
                 ReportedAP("test-dev", 35.8, 59.8, 36.4, 16.9, 38.7, 52.1),
             ),
+            licence=NVIDIA_LICENCE,
             note=f"AP from the {_README}; no checksum published",
         ),
         ZooEntry(
@@ -102,6 +111,7 @@ ZOO: dict[str, ZooEntry] = {
                 ReportedAP("val2017", 37.3, 60.4, 39.1, 17.8, 41.1, 55.4),
                 ReportedAP("test-dev", 37.9, 61.4, 40.0, 18.0, 41.1, 53.9),
             ),
+            licence=NVIDIA_LICENCE,
             note=f"AP from the {_README} (the abstract's 37.9 is test-dev); no checksum published",
         ),
         ZooEntry(
@@ -181,16 +191,25 @@ def verify_weights(path: str | Path) -> str | None:
 
 
 def format_table(entries: list[ZooEntry] | None = None) -> str:
-    """A plain-text table: recipe, weights file, sha256, val2017 / test-dev mask AP."""
+    """Plain text: a table (recipe, weights file, val2017 / test-dev mask AP), then per recipe
+    with released weights its source URL, sha256 (or "not published") and licence."""
     entries = list_models() if entries is None else entries
 
     def cell(value: object) -> str:
         return "-" if value is None else str(value)
 
-    rows = [("recipe", "weights file", "sha256", "AP val2017", "AP test-dev")]
+    rows = [("recipe", "weights file", "AP val2017", "AP test-dev")]
     for e in entries:
-        sha = e.sha256[:12] + "..." if e.sha256 else None
-        rows.append((e.config, cell(e.weights_file), cell(sha), cell(e.ap("val2017")),
+        rows.append((e.config, cell(e.weights_file), cell(e.ap("val2017")),
                      cell(e.ap("test-dev"))))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    lines += ["", "official weights (source, sha256, licence):"]
+    for e in entries:
+        if e.url is None:
+            lines.append(f"  {e.config}: no official weights ({e.note})")
+            continue
+        lines += [f"  {e.config}:", f"    url:     {e.url}",
+                  f"    sha256:  {e.sha256 or 'not published'}",
+                  f"    licence: {e.licence or 'unknown'}"]
+    return "\n".join(lines)

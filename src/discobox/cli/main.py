@@ -22,11 +22,13 @@ from . import (
     correspond,
     demo,
     eval_corr,
+    export,
     export_onnx,
     json2mat,
     predict,
     pseudo_label,
     recipes,
+    show,
     test,
     train,
     voc_exclude,
@@ -35,7 +37,7 @@ from . import (
 
 # In the order `discobox --help` lists them.
 VERBS = (demo, train, test, predict, pseudo_label, correspond, eval_corr, voc_exclude, convert,
-         convert_voc, json2mat, export_onnx, zoo, recipes)
+         convert_voc, json2mat, export, show, export_onnx, zoo, recipes)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -66,6 +68,17 @@ def _parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argpa
     return args
 
 
+def _one_line(exc: DiscoboxError) -> str:
+    """The message of ``exc``; for one re-raised by a DataLoader worker (torch wraps it as
+    "Caught X in DataLoader worker process N. Original Traceback ... X: message"), the original
+    message only."""
+    text = str(exc)
+    if "\nOriginal Traceback" not in text:
+        return text
+    last = text.rstrip().splitlines()[-1]
+    return last.split(": ", 1)[1] if f"{type(exc).__name__}: " in last else last
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parse(build_parser(), argv)
     try:
@@ -73,11 +86,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DiscoboxError as exc:
         if os.environ.get("DISCOBOX_DEBUG", "") not in ("", "0"):
             raise
-        print(f"discobox {args.command}: error: {exc}", file=sys.stderr)
+        print(f"discobox {args.command}: error: {_one_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"discobox {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `discobox zoo | head`: the reader left; not an error of ours
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so the interpreter's final flush stays quiet
+        return 0
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """``discobox test``: COCO bbox/segm evaluation of a checkpoint
-(:func:`discobox.engine.tester.evaluate`)."""
+(:func:`discobox.engine.tester.evaluate`; bbox only for a val json without masks; a val json
+without annotations is an error unless ``--format-only``)."""
 
 from __future__ import annotations
 
@@ -39,7 +40,11 @@ def cmd_test(args: argparse.Namespace) -> int:
 
 def register(subparsers: Any) -> argparse.ArgumentParser:
     """Add ``discobox test [CONFIG] --weights W [--format-only --out R] [KEY=VALUE ...]``."""
-    p = subparsers.add_parser("test", help="COCO bbox/segm evaluation on data.val_json")
+    p = subparsers.add_parser(
+        "test", help="COCO bbox/segm evaluation on data.val_json",
+        description="COCO bbox and segm AP of a checkpoint on data.val_json. segm AP needs a "
+                    "'segmentation' on every annotation; a box-only val json gives bbox AP only "
+                    "(one log line says so).")
     p.add_argument("config", nargs="?", default=None,
                    help="recipe or YAML (default: the config stored in the checkpoint)")
     p.add_argument("--weights", required=True)

@@ -4,16 +4,20 @@ images.
 Annotation rules (mmdet ``CocoDataset._parse_ann_info``): crowd annotations are excluded; an
 annotation is skipped, and counted in :attr:`CocoDataset.skipped`, if it has ``ignore`` set, if its
 box does not intersect the image, if ``area <= 0`` (when present), or if ``w < 1`` or ``h < 1``.
-Kept boxes become ``[x, y, x + w, y + h]`` clipped to the image. Structural problems (bad json,
-missing keys, unknown category, duplicate image id) raise :class:`InvalidInputError` (a
-``ValueError``) naming the file.
+Kept boxes become ``[x, y, x + w, y + h]`` clipped to the image. Structural problems raise
+:class:`InvalidInputError` (a ``ValueError``) with one line naming the file and the entry or key:
+bad json, missing keys, ids that are not integers, duplicate image / annotation / category ids,
+``width``/``height`` not positive integers, an unknown category or image, a ``bbox`` that is not
+four numbers, ``area`` not a number, ``iscrowd`` not 0/1, and (``'full'`` mode) a missing or
+malformed ``segmentation``. ``'box'`` mode never looks at ``segmentation``; ``'test'`` mode only
+records whether every annotation has a usable one (:attr:`CocoDataset.has_masks`: segm AP needs
+masks).
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
-import json
 import logging
 import math
 from collections.abc import Callable, Sequence
@@ -25,10 +29,18 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ..errors import InvalidInputError, MissingFileError
+from ..errors import InvalidInputError
 from ..structures import Instances
+from .coco_json import (
+    check_annotation_values,
+    check_image,
+    int_value,
+    is_number,
+    load_coco_json,
+    require,
+)
 from .images import read_image
-from .segmentation import decode_segmentation
+from .segmentation import decode_segmentation, segmentation_problem
 
 logger = logging.getLogger(__name__)
 
@@ -55,33 +67,6 @@ class _Record:
     labels: np.ndarray  # int64[N]
     ann_ids: np.ndarray  # int64[N]
     segmentations: list[Any] | None  # 'full' mode only
-
-
-def load_coco_json(path: Path) -> dict[str, Any]:
-    """Read a COCO json file: a dict, or :class:`InvalidInputError` / :class:`MissingFileError`
-    naming the file (empty, invalid json, not an object)."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise MissingFileError(f"annotation file not found: {path}") from None
-    if not text.strip():
-        raise InvalidInputError(f"{path}: annotation file is empty")
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise InvalidInputError(f"{path}: invalid json ({exc})") from None
-    if not isinstance(data, dict) or not data:
-        raise InvalidInputError(
-            f"{path}: expected a COCO json object with 'images' and 'categories'")
-    return data
-
-
-def _require(entry: dict[str, Any], keys: Sequence[str], where: str) -> None:
-    if not isinstance(entry, dict):
-        raise InvalidInputError(f"{where}: expected an object, got {type(entry).__name__}")
-    missing = [k for k in keys if k not in entry]
-    if missing:
-        raise InvalidInputError(f"{where}: missing key(s) {missing}")
 
 
 class CocoDataset(Dataset):
@@ -145,32 +130,12 @@ class CocoDataset(Dataset):
 
         images: dict[int, dict[str, Any]] = {}
         for i, img in enumerate(data["images"]):
-            _require(img, ("id", "file_name", "width", "height"), f"{self.ann_file}: images[{i}]")
-            if img["id"] in images:
-                raise InvalidInputError(f"{self.ann_file}: duplicate image id {img['id']}")
-            images[img["id"]] = img
-
-        self.skipped = dict.fromkeys(SKIP_REASONS, 0)
-        per_image: dict[int, list[dict[str, Any]]] = {k: [] for k in images}
-        for i, ann in enumerate(data.get("annotations") or []):
-            ann_id = ann.get("id", f"#{i}") if isinstance(ann, dict) else f"#{i}"
-            where = f"{self.ann_file}: annotation {ann_id}"
-            _require(ann, ("image_id", "category_id", "bbox"), where)
-            if ann["category_id"] not in self._all_cat_ids:
-                raise InvalidInputError(
-                    f"{where} has category_id {ann['category_id']}, which is not in 'categories'"
-                )
-            if ann["image_id"] not in images:
-                raise InvalidInputError(
-                    f"{where} refers to image_id {ann['image_id']}, not in 'images'")
-            reason = self._skip_reason(ann, images[ann["image_id"]], where)
-            if reason is not None:
-                self.skipped[reason] += 1
-                continue
-            if mode == "full" and "segmentation" not in ann:
-                raise InvalidInputError(f"{where}: 'full' mode needs a 'segmentation'")
-            per_image[ann["image_id"]].append(ann)
-
+            image_id = check_image(img, f"{self.ann_file}: images[{i}]")
+            if image_id in images:
+                raise InvalidInputError(f"{self.ann_file}: images[{i}]: duplicate image id "
+                                        f"{image_id!r}")
+            images[image_id] = img
+        per_image = self._parse_annotations(data.get("annotations") or [], images)
         self._records: list[_Record] = []
         dropped_empty = dropped_small = 0
         for image_id, img in images.items():
@@ -186,13 +151,68 @@ class CocoDataset(Dataset):
         self._log_summary(name, dropped_empty, dropped_small)
 
     # ----------------------------------------------------------------------------- parsing
+    def _parse_annotations(self, anns: list[Any], images: dict[int, dict[str, Any]]
+                           ) -> dict[int, list[dict[str, Any]]]:
+        """Validate every annotation, count the skipped ones, group the kept ones by image; sets
+        :attr:`skipped`, :attr:`num_annotations` and :attr:`has_masks`."""
+        self.skipped = dict.fromkeys(SKIP_REASONS, 0)
+        self.num_annotations = len(anns)
+        self.num_without_masks = 0
+        per_image: dict[int, list[dict[str, Any]]] = {k: [] for k in images}
+        seen_ids: dict[int, tuple[int, Any]] = {}
+        for i, ann in enumerate(anns):
+            where = f"{self.ann_file}: annotations[{i}]"
+            require(ann, (), where)
+            if "id" in ann:
+                ann_id = int_value(ann, "id", where)
+                where = f"{self.ann_file}: annotation {ann_id!r} (annotations[{i}])"
+            require(ann, ("image_id", "category_id", "bbox"), where)
+            if "id" in ann:
+                if ann_id in seen_ids:
+                    j, other_image = seen_ids[ann_id]
+                    raise InvalidInputError(
+                        f"{self.ann_file}: duplicate annotation id {ann_id!r}: annotations[{j}] "
+                        f"(image_id {other_image!r}) and annotations[{i}] "
+                        f"(image_id {ann['image_id']!r})")
+                seen_ids[ann_id] = (i, ann["image_id"])
+            if ann["category_id"] not in self._all_cat_ids:
+                raise InvalidInputError(f"{where} has category_id {ann['category_id']!r}, "
+                                        f"which is not in 'categories'")
+            if ann["image_id"] not in images:
+                raise InvalidInputError(
+                    f"{where} refers to image_id {ann['image_id']!r}, not in 'images'")
+            check_annotation_values(ann, where)
+            img = images[ann["image_id"]]
+            if self.mode != "box":
+                problem = (segmentation_problem(ann["segmentation"], int(img["height"]),
+                                                int(img["width"]))
+                           if "segmentation" in ann else "missing")
+                if problem is not None and self.mode == "full":
+                    raise InvalidInputError(f"{where}: 'full' mode needs a valid 'segmentation' "
+                                            f"(polygons or RLE), got {problem}")
+                self.num_without_masks += problem is not None
+            reason = self._skip_reason(ann, img, where)
+            if reason is not None:
+                self.skipped[reason] += 1
+                continue
+            per_image[ann["image_id"]].append(ann)
+        return per_image
+
+    @property
+    def has_masks(self) -> bool:
+        """Every annotation has a usable ``segmentation`` (``'full'``/``'test'`` mode; always
+        False in ``'box'`` mode, which never reads them): segm AP can be computed."""
+        return self.mode != "box" and self.num_annotations > 0 and self.num_without_masks == 0
+
     def _init_categories(self, cats: list[Any], class_names: Sequence[str] | None) -> None:
         by_id: dict[int, str] = {}
         for i, c in enumerate(cats):
-            _require(c, ("id", "name"), f"{self.ann_file}: categories[{i}]")
-            if c["id"] in by_id:
-                raise InvalidInputError(f"{self.ann_file}: duplicate category id {c['id']}")
-            by_id[c["id"]] = str(c["name"])
+            where = f"{self.ann_file}: categories[{i}]"
+            require(c, ("id", "name"), where)
+            cid = int_value(c, "id", where)
+            if cid in by_id:
+                raise InvalidInputError(f"{where}: duplicate category id {cid!r}")
+            by_id[cid] = str(c["name"])
         if not by_id:
             raise InvalidInputError(f"{self.ann_file}: 'categories' is empty")
         self._all_cat_ids = set(by_id)
@@ -228,10 +248,9 @@ class CocoDataset(Dataset):
         bbox = ann["bbox"]
         if not isinstance(bbox, list | tuple) or len(bbox) != 4:
             raise InvalidInputError(f"{where}: 'bbox' must be [x, y, w, h], got {bbox!r}")
-        try:
-            x, y, w, h = (float(v) for v in bbox)
-        except (TypeError, ValueError):
-            raise InvalidInputError(f"{where}: 'bbox' must hold numbers, got {bbox!r}") from None
+        if not all(is_number(v) for v in bbox):
+            raise InvalidInputError(f"{where}: 'bbox' must hold numbers, got {bbox!r}")
+        x, y, w, h = (float(v) for v in bbox)
         if not all(math.isfinite(v) for v in (x, y, w, h)):
             return "degenerate"
         inter_w = max(0.0, min(x + w, float(img["width"])) - max(x, 0.0))
@@ -299,12 +318,27 @@ class CocoDataset(Dataset):
 
     @property
     def coco(self):
-        """The ``pycocotools.coco.COCO`` object of ``ann_file`` (built on first use)."""
+        """The ``pycocotools.coco.COCO`` ground truth of ``ann_file`` (built on first use).
+
+        COCOeval needs an ``id`` and an ``area`` on every annotation; where the json omits
+        them (box-only files often do), ids continue after the largest one and ``area`` is the
+        box's ``w * h``, so that a valid json never fails inside pycocotools.
+        """
         if self._coco is None:
             from pycocotools.coco import COCO
 
+            data = load_coco_json(self.ann_file)
+            anns = data.setdefault("annotations", [])
+            next_id = max((a["id"] for a in anns if "id" in a), default=0) + 1
+            for ann in anns:
+                if "id" not in ann:
+                    ann["id"], next_id = next_id, next_id + 1
+                if "area" not in ann:
+                    ann["area"] = float(ann["bbox"][2]) * float(ann["bbox"][3])
             with contextlib.redirect_stdout(io.StringIO()):
-                self._coco = COCO(str(self.ann_file))
+                self._coco = COCO()
+                self._coco.dataset = data
+                self._coco.createIndex()
         return self._coco
 
     def __getstate__(self) -> dict[str, Any]:
@@ -331,7 +365,7 @@ class CocoDataset(Dataset):
             try:
                 out[i] = decode_segmentation(seg, r.height, r.width)
             except (TypeError, ValueError, KeyError, IndexError) as exc:
-                raise ValueError(
+                raise InvalidInputError(
                     f"{self.ann_file}: annotation {int(r.ann_ids[i])}: cannot decode "
                     f"'segmentation' ({exc})"
                 ) from None
@@ -341,7 +375,7 @@ class CocoDataset(Dataset):
         r = self._records[index]
         image = read_image(r.path)
         if image.shape[:2] != (r.height, r.width):
-            raise ValueError(
+            raise InvalidInputError(
                 f"{r.path}: image is {image.shape[1]}x{image.shape[0]} but {self.ann_file} says "
                 f"{r.width}x{r.height} (image id {r.image_id})"
             )

@@ -37,6 +37,28 @@ def setup_logger(output_dir: str | Path | None = None, *, rank: int = 0) -> logg
     return logger
 
 
+_TB_WARNED = False
+
+
+def _tensorboard_writer(log_dir: Path) -> Any:
+    """A TensorBoard ``SummaryWriter`` on ``log_dir``, or ``None`` when the optional
+    ``tensorboard`` package is missing; then warns once per process that scalars go to
+    ``metrics.jsonl`` only (``train.tensorboard=false`` turns TensorBoard off silently)."""
+    global _TB_WARNED
+    try:
+        # lazy: tensorboard is an optional extra (pip install "discobox[tensorboard]")
+        from torch.utils.tensorboard import SummaryWriter
+    except Exception as exc:  # noqa: BLE001 - a broken optional install is as good as none
+        if not _TB_WARNED:
+            _TB_WARNED = True
+            logging.getLogger(LOGGER_NAME).warning(
+                "train.tensorboard is on but TensorBoard is unavailable (%s): scalars go to "
+                "metrics.jsonl only; pip install 'discobox[tensorboard]' or set "
+                "train.tensorboard=false", exc)
+        return None
+    return SummaryWriter(log_dir=str(log_dir))
+
+
 class MetricWriter:
     """Appends ``{"iter": i, "time": t, **scalars}`` lines to ``metrics.jsonl`` (+ TensorBoard)."""
 
@@ -50,12 +72,7 @@ class MetricWriter:
         output_dir.mkdir(parents=True, exist_ok=True)
         self._fh = open(output_dir / "metrics.jsonl", "a")  # noqa: SIM115 - closed in close()
         if tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self._tb = SummaryWriter(log_dir=str(output_dir / "tb"))
-            except Exception:  # noqa: BLE001 - tensorboard is optional
-                self._tb = None
+            self._tb = _tensorboard_writer(output_dir / "tb")
 
     def write(self, iteration: int, scalars: dict[str, Any], *, prefix: str = "") -> None:
         if not self.enabled:

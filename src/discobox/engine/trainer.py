@@ -1,11 +1,13 @@
 """The training loop (docs/method.md §4.6, §6), top to bottom.
 
-:func:`train` sets a run up (:func:`_setup`), restores it from its last checkpoint on
-``--resume`` (:func:`_restore`), then loops: :func:`_train_step` (forward, correspondence branch,
-criterion, backward, optimizer, teacher and bank updates), :func:`_log_record`,
-:func:`_save_checkpoint`, evaluation. Stateful extras live outside the model: the EMA teacher,
-the loss gates and the object bank. Everything needed to continue bit for bit is checkpointed
-atomically, so a killed run resumes where it stopped.
+:func:`train` checks the output folder is writable, sets a run up (:func:`_setup`), restores
+it on ``--resume`` from its newest readable checkpoint, with the config stored there
+(:func:`resume_config`, :func:`_restore`), then loops: :func:`_train_step` (forward,
+correspondence branch, criterion, backward, optimizer, teacher and bank updates),
+:func:`_log_record`, :func:`_save_checkpoint`, evaluation. Stateful extras live outside the
+model: the EMA teacher, the loss gates and the object bank. Everything needed to continue bit
+for bit is checkpointed atomically, so a killed run resumes where it stopped; SIGINT and
+SIGTERM save the iteration reached before stopping (:class:`TrainingInterrupted`).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import json
 import logging
 import math
 import random
+import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,15 +29,19 @@ from tqdm import tqdm
 
 from ..checkpoint.io import (
     atomic_write_text,
-    find_last_checkpoint,
-    load_checkpoint_file,
+    check_writable_dir,
+    remove_stale_temps,
     rng_state,
     save_checkpoint,
     save_release,
     set_rng_state,
 )
 from ..config import Config
-from ..data.build import build_train_dataset, build_train_loader_from_config
+from ..data.build import (
+    build_train_dataset,
+    build_train_loader_from_config,
+    resolve_dataset_defaults,
+)
 from ..errors import DiscoboxError
 from ..modeling.boxsup.criterion import SOLOv2Criterion
 from ..modeling.boxsup.teacher import EMATeacher, LossGates, box_warmup
@@ -43,6 +50,7 @@ from ..modeling.correspondence.branch import CorrespondenceBranch
 from ..modeling.correspondence.object_bank import ObjectBank
 from . import distributed as du
 from .log import MetricWriter, setup_logger
+from .resume import StopSignals, TrainingInterrupted, env_rank, last_checkpoint, resume_config
 from .tester import evaluate
 
 logger = logging.getLogger("discobox")
@@ -71,23 +79,44 @@ class _Run:
     sched: Schedule
 
 
-def train(cfg: Config, *, resume: bool = False) -> dict[str, Any]:
+def train(cfg: Config, *, resume: bool = False,
+          overrides: dict[str, Any] | list[str] | None = None) -> dict[str, Any]:
     """Train ``cfg``; returns the final metrics (and ``output_dir``, ``iteration``).
 
-    With ``resume``, the run continues from the last checkpoint in ``train.output_dir`` (weights,
-    optimizer, schedule, teacher, gates, object bank, RNG states); the configuration is ``cfg``
-    as given, the checkpoint's stored config is not read.
+    ``train.output_dir`` is checked writable before any work. With ``resume``, the run continues
+    from the newest readable checkpoint there (weights, optimizer, schedule, teacher, gates,
+    object bank, RNG states; a broken newer one is skipped with a warning) and with the config
+    stored in it: of ``cfg`` only ``train.output_dir`` is used, and only the keys in
+    ``overrides`` (dotted keys to values, or ``KEY=VALUE`` strings as on the command line)
+    change it, each logged as ``resume: KEY: OLD -> NEW``. Without a checkpoint the run starts
+    from scratch with ``cfg``. SIGINT and SIGTERM finish the iteration in progress, write a
+    checkpoint at it and raise :class:`TrainingInterrupted` (a second SIGINT aborts at once).
+
+    Raises:
+        OutputError: ``train.output_dir`` is not writable, or a checkpoint write failed.
+        CheckpointError: ``resume`` found checkpoints, none of them readable.
+        NonFiniteLossError: a loss term became NaN or infinite.
+        TrainingInterrupted: SIGINT or SIGTERM, after the checkpoint is written.
     """
+    out_dir = Path(cfg.train.output_dir)
+    main_rank = env_rank() == 0
+    removed = []
+    if main_rank:
+        check_writable_dir(out_dir)
+        removed = remove_stale_temps(out_dir)
+    setup_logger(out_dir, rank=env_rank())
+    for p in removed:
+        logger.info("removed %s (the temporary file of an interrupted checkpoint write)", p)
+    ckpt = last_checkpoint(out_dir) if resume else None
+    if ckpt is not None:
+        cfg = resume_config(ckpt["config"], out_dir, overrides)
     device = du.resolve_device(cfg.train.device)
     du.init_distributed(device)
-    out_dir = Path(cfg.train.output_dir)
-    setup_logger(out_dir, rank=du.get_rank())
-    ckpt = _last_checkpoint(out_dir) if resume else None
     seed_everything(cfg.train.seed + du.get_rank())
+    cfg = resolve_dataset_defaults(cfg)  # num_classes, class names and ids of the train json
     run, dataset = _setup(cfg, device)
     start_iter = _restore(run, ckpt) if ckpt is not None else 0
     if du.is_main_process():
-        out_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(cfg.to_yaml(), out_dir / "config.yaml")
     if du.get_world_size() > 1:
         run.train_model = DistributedDataParallel(
@@ -97,23 +126,15 @@ def train(cfg: Config, *, resume: bool = False) -> dict[str, Any]:
                                             world_size=du.get_world_size(), start_iter=start_iter)
     writer = MetricWriter(out_dir, enabled=du.is_main_process(),
                           tensorboard=cfg.train.tensorboard)
-    metrics = _loop(run, loader, writer, start_iter)
-    writer.close()
+    try:
+        with StopSignals() as signals:
+            metrics = _loop(run, loader, writer, start_iter, signals)
+    finally:
+        writer.close()
     du.barrier()
     if du.is_main_process():
         _save_final(run, metrics)
     return {"output_dir": str(out_dir), "iteration": run.sched.max_iter, **metrics}
-
-
-def _last_checkpoint(out_dir: Path) -> dict[str, Any] | None:
-    """The newest checkpoint in ``out_dir``, or ``None`` (with a warning) when there is none."""
-    last = find_last_checkpoint(out_dir)
-    if last is None:
-        logger.warning("--resume: no checkpoint in %s, starting from scratch", out_dir)
-        return None
-    ckpt = load_checkpoint_file(last)
-    logger.info("resuming from %s (iteration %d)", last, ckpt["iteration"])
-    return ckpt
 
 
 def _setup(cfg: Config, device: torch.device) -> tuple[_Run, Any]:
@@ -166,6 +187,9 @@ def _restore(run: _Run, ckpt: dict[str, Any]) -> int:
     run.scaler.load_state_dict(ckpt["scaler"])
     if run.teacher is not None and ckpt.get("teacher") is not None:
         run.teacher.load_state_dict(ckpt["teacher"])
+        buffers = dict(run.teacher.model.named_buffers())
+        for name, value in (ckpt.get("teacher_buffers") or {}).items():
+            buffers[name].copy_(value)
     run.gates.load_state_dict(ckpt["gates"])
     if run.bank is not None and ckpt.get("object_bank") is not None:
         run.bank.load_state_dict(ckpt["object_bank"])
@@ -175,43 +199,62 @@ def _restore(run: _Run, ckpt: dict[str, Any]) -> int:
     return int(ckpt["iteration"])
 
 
-def _loop(run: _Run, loader: Any, writer: MetricWriter, start_iter: int) -> dict[str, Any]:
+def _loop(run: _Run, loader: Any, writer: MetricWriter, start_iter: int,
+          signals: StopSignals) -> dict[str, Any]:
     """Iterations ``start_iter .. max_iter``: step, gates, log, checkpoint, evaluation; returns
-    the last evaluation's metrics (empty without ``data.val_json``)."""
+    the last evaluation's metrics (empty without ``data.val_json``).
+
+    Raises:
+        TrainingInterrupted: a stop signal arrived; the checkpoint at the step reached is saved.
+    """
     cfg, max_iter = run.cfg, run.sched.max_iter
     logger.info("training %d iterations (%d per epoch, %d process(es), device %s)",
                 max_iter, run.sched.iters_per_epoch, du.get_world_size(), run.device)
     metrics: dict[str, Any] = {}
-    bar = tqdm(total=max_iter, initial=start_iter, disable=not du.is_main_process(),
-               desc="train", dynamic_ncols=True)
     run.train_model.train()
     t_last = time.perf_counter()
-    for it in range(start_iter, max_iter):
-        batch = next(loader).to(run.device, non_blocking=True)
-        values, stats, grad_norm = _train_step(run, batch, it)
-        reduced = du.all_reduce_mean(values, run.device)
-        if cfg.loss.mode == "box" and "loss_proj" in reduced:
-            run.gates.update(reduced["loss_proj"])
-        step = it + 1
-        if du.is_main_process():
-            bar.update(1)
-            bar.set_postfix({k.replace("loss_", ""): f"{v:.3f}" for k, v in reduced.items()})
-        if step % cfg.train.log_period == 0 or step == max_iter:
-            now = time.perf_counter()
-            record = _log_record(run, it, reduced, stats, grad_norm,
-                                 sec_per_iter=(now - t_last) / cfg.train.log_period)
-            t_last = now
-            writer.write(step, record, prefix="train/")
-        if step % cfg.train.checkpoint_period == 0 or step == max_iter:
-            _save_checkpoint(run, step)
-        if cfg.data.val_json and (
-            (cfg.train.eval_period > 0 and step % cfg.train.eval_period == 0) or step == max_iter
-        ):
-            metrics = evaluate(cfg, run.model, device=run.device)
-            writer.write(step, metrics, prefix="val/")
-            run.train_model.train()
-    bar.close()
+    with tqdm(total=max_iter, initial=start_iter, disable=not du.is_main_process(),
+              desc="train", dynamic_ncols=True) as bar:  # closed before any error prints
+        for it in range(start_iter, max_iter):
+            batch = next(loader).to(run.device, non_blocking=True)
+            values, stats, grad_norm = _train_step(run, batch, it)
+            reduced = du.all_reduce_mean(values, run.device)
+            if cfg.loss.mode == "box" and "loss_proj" in reduced:
+                run.gates.update(reduced["loss_proj"])
+            step = it + 1
+            if du.is_main_process():
+                bar.update(1)
+                bar.set_postfix({k.replace("loss_", ""): f"{v:.3f}" for k, v in reduced.items()})
+            if step % cfg.train.log_period == 0 or step == max_iter:
+                now = time.perf_counter()
+                record = _log_record(run, it, reduced, stats, grad_norm,
+                                     sec_per_iter=(now - t_last) / cfg.train.log_period)
+                t_last = now
+                writer.write(step, record, prefix="train/")
+            saved = None
+            if step % cfg.train.checkpoint_period == 0 or step == max_iter:
+                saved = _save_checkpoint(run, step)
+            if step < max_iter:
+                _stop_if_signalled(run, signals, step, saved)
+            if cfg.data.val_json and ((cfg.train.eval_period > 0
+                                       and step % cfg.train.eval_period == 0) or step == max_iter):
+                metrics = evaluate(cfg, run.model, device=run.device)
+                writer.write(step, metrics, prefix="val/")
+                run.train_model.train()
     return metrics
+
+
+def _stop_if_signalled(run: _Run, signals: StopSignals, step: int, saved: Path | None) -> None:
+    """After a step: if a stop signal arrived, save the checkpoint at ``step`` (unless
+    ``saved`` is it already) and raise :class:`TrainingInterrupted`."""
+    signum = signals.stop_requested(run.device)
+    if signum is None:
+        return
+    if saved is None:
+        saved = _save_checkpoint(run, step)
+    logger.warning("%s: saved the checkpoint at iteration %d (%s), stopping",
+                   signal.Signals(signum).name, step, saved)
+    raise TrainingInterrupted(signum, step, saved)
 
 
 def _train_step(run: _Run, batch: Any, it: int) -> tuple[dict[str, float], dict[str, float],
@@ -293,20 +336,22 @@ def _log_record(run: _Run, it: int, reduced: dict[str, float], stats: dict[str, 
     return record
 
 
-def _save_checkpoint(run: _Run, iteration: int) -> None:
+def _save_checkpoint(run: _Run, iteration: int) -> Path | None:
     """Every state :func:`_restore` reads, with every rank's RNG state (gathered on all ranks,
-    written by the main process)."""
+    written by the main process); returns the path written (``None`` on other ranks)."""
     states = du.all_gather_objects(rng_state())
     if not du.is_main_process():
-        return
+        return None
     cfg = run.cfg
-    save_checkpoint(
+    return save_checkpoint(
         {
             "model": run.model.state_dict(),
             "optimizer": run.optimizer.state_dict(),
             "scheduler": run.scheduler.state_dict(),
             "scaler": run.scaler.state_dict(),
             "teacher": run.teacher.state_dict() if run.teacher is not None else None,
+            "teacher_buffers": (_unsaved_buffers(run.teacher.model) if run.teacher is not None
+                                else None),
             "gates": run.gates.state_dict(),
             "object_bank": run.bank.state_dict() if run.bank is not None else None,
             "iteration": iteration,
@@ -318,6 +363,13 @@ def _save_checkpoint(run: _Run, iteration: int) -> None:
         iteration,
         keep=cfg.train.keep_checkpoints,
     )
+
+
+def _unsaved_buffers(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The buffers ``state_dict`` leaves out (non-persistent, e.g. ``pixel_mean``): the
+    teacher's EMA moves them too (``m*c + (1-m)*c`` rounds), so an exact resume needs them."""
+    kept = model.state_dict().keys()
+    return {name: b.detach().clone() for name, b in model.named_buffers() if name not in kept}
 
 
 def _save_final(run: _Run, metrics: dict[str, Any]) -> None:

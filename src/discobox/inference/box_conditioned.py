@@ -24,7 +24,11 @@ implements the intent, following the reconstruction of docs/method.md §8.1 step
    the pixels whose centres lie in the box, clipped to the image (:func:`box_region`);
 5. the score is the sigmoid class score of the box's category at that cell (no points-NMS, no
    maskness); for a category the model does not know (label ``-1``) the mask is the same
-   (kernels are class-agnostic) and the score is the cell's best class score;
+   (kernels are class-agnostic) and the score is the cell's best class score. Ours, for review:
+   a *confidence* per mask (:func:`mask_confidence`), ``maskness x IoU(raw, CRF)``: the mean
+   pasted probability inside the raw mask times the IoU of the raw mask with its CRF refinement
+   (the ``confidence_crf`` teacher CRF, or the ``refine`` CRF when that is on); 0 for a filled
+   box;
 6. design decision for empty masks: the other cells of the 3x3 neighbourhood of the centre cell
    on the same level are tried, best class score first ("top-k cells around the centre"), and
    if all of them are empty inside the box the filled box is emitted (``source`` says which).
@@ -131,6 +135,7 @@ class BoxMasks:
         crops: ``n`` tensors ``bool[y1 - y0, x1 - x0]`` (CPU), the mask inside its region.
         scores: ``float32[n]`` class score of the chosen cell.
         source: ``int64[n]``: ``SOURCE_CELL``, ``SOURCE_NEIGHBOUR`` or ``SOURCE_BOX``.
+        confidence: ``float32[n]`` in ``[0, 1]``, :func:`mask_confidence` (0 for a filled box).
     """
 
     index: Tensor
@@ -138,6 +143,33 @@ class BoxMasks:
     crops: list[Tensor]
     scores: Tensor
     source: Tensor
+    confidence: Tensor
+
+
+def mask_confidence(prob: Tensor, check: Tensor | None, mask_thr: float) -> float:
+    """Confidence of one pasted mask, for sorting masks to review (ours).
+
+    ``score = maskness * agreement`` with ``maskness = mean(prob[prob > t])`` (0 for an empty
+    mask), the model's mean probability inside its own mask, and ``agreement = IoU(prob > t,
+    check > t)``, the overlap of that mask with its CRF refinement (1 without ``check``; 0 when
+    both are empty). Why: a mask the model is sure of (probabilities near 1, not near ``t``)
+    whose edges follow the image's colour edges (the CRF moves nothing) is rarely wrong.
+
+    Args:
+        prob: ``float[h, w]`` the model's pasted soft mask inside the box.
+        check: ``float[h, w]`` the CRF-refined soft mask pasted the same way, or ``None``.
+        mask_thr: the binarisation threshold ``t``.
+    """
+    fg = prob > mask_thr
+    n = int(fg.sum())
+    if n == 0:
+        return 0.0
+    maskness = float(prob[fg].sum()) / n
+    if check is None:
+        return maskness
+    ref = check > mask_thr
+    union = int((fg | ref).sum())
+    return maskness * (int((fg & ref).sum()) / union if union else 0.0)
 
 
 @dataclass
@@ -173,6 +205,9 @@ class BoxConditionedInference:
             given box before the paste (step 4), as the training teacher refines the student's
             masks (§4.3-4.4). The neighbour fallback (step 6) pastes unrefined masks.
         refine_params: the CRF's :class:`CRFParams` (config ``crf.*``).
+        confidence_crf: ours, the CRF (``mode`` and values) whose agreement with the raw mask
+            enters :attr:`BoxMasks.confidence` when ``refine`` is off (the training teacher's,
+            ``cfg.crf``); ``None``: confidence is the maskness alone.
     """
 
     def __init__(
@@ -184,11 +219,15 @@ class BoxConditionedInference:
         chunk_size: int = 64,
         refine: str | None = None,
         refine_params: CRFParams | None = None,
+        confidence_crf: CRFParams | None = None,
     ) -> None:
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
         self.refine = check_refine_mode(refine)
         self.refine_params = refine_params if refine_params is not None else CRFParams()
+        if confidence_crf is not None:
+            check_refine_mode(confidence_crf.mode)
+        self.confidence_crf = confidence_crf
         self.mask_thr = mask_thr
         self.ranges = [(float(lo), float(hi)) for lo, hi in scale_ranges]
         self.mids = scale_mids(self.ranges)
@@ -290,7 +329,7 @@ class BoxConditionedInference:
         grids = [int(k.shape[-1]) for k in out.kernels]
         level, rows, cols = self.select_cells(resized, padded_size=padded, num_grids=grids)
         image_q = quarter_boxes = None
-        if self.refine is not None:  # the CRF's colours and box masks at 1/4 res (§4.3)
+        if self._check_mode() is not None:  # the CRF's colours and box masks at 1/4 res
             image_q = out.quarter_images(index)
             quarter_boxes = box_masks(resized, h, w, stride=4).to(device)
         return _ImageContext(
@@ -303,6 +342,19 @@ class BoxConditionedInference:
             image_q=image_q, quarter_boxes=quarter_boxes,
         )
 
+    def _check_mode(self) -> str | None:
+        """The CRF mode of the confidence check: ``refine`` when on, else ``confidence_crf``'s."""
+        if self.refine is not None:
+            return self.refine
+        return None if self.confidence_crf is None else self.confidence_crf.mode
+
+    def _crf(self, soft: Tensor, ctx: _ImageContext, sel: Tensor) -> Tensor:
+        """The refine CRF (or, with ``refine`` off, ``confidence_crf``) of ``soft`` [n, h, w]."""
+        mode = self._check_mode()
+        params = self.refine_params if self.refine is not None else self.confidence_crf
+        return crf_pseudo_labels(soft, ctx.quarter_boxes[sel.to(soft.device)], ctx.image_q,
+                                 mode=mode, params=params)
+
     def _chunk(self, ctx: _ImageContext, sel: Tensor) -> BoxMasks:
         """Masks of the boxes ``sel`` (``int64[n]``) of one image (steps 3-6)."""
         lv = ctx.level[sel]
@@ -310,28 +362,36 @@ class BoxConditionedInference:
         kern = torch.stack([ctx.kernels[int(a)][:, int(c)] for a, c in zip(lv, cells)])
         score = torch.stack([self._score(ctx.scores[int(a)], int(c), int(lb))
                              for a, c, lb in zip(lv, cells, ctx.labels[sel])])
-        soft = dynamic_mask_logits(kern, ctx.mask_feat).sigmoid()  # [n, h, w]
-        if self.refine is not None:
-            soft = crf_pseudo_labels(soft, ctx.quarter_boxes[sel.to(soft.device)], ctx.image_q,
-                                     mode=self.refine, params=self.refine_params)
-        crops, source = [], []
+        raw = dynamic_mask_logits(kern, ctx.mask_feat).sigmoid()  # [n, h, w]
+        check = self._crf(raw, ctx, sel) if self._check_mode() is not None else None
+        soft = check if self.refine is not None else raw
+        crops, source, conf = [], [], []
         for k, i in enumerate(sel.tolist()):
             crop = self._paste(soft[k], ctx.R, ctx.C, ctx.regions[i])
             src = SOURCE_CELL
+            prob, chk = raw[k], None if check is None else check[k]
             if not bool(crop.any()) and self.neighbour_fallback:
-                crop, score[k], found = self._neighbours(
+                crop, score[k], found, nsoft = self._neighbours(
                     ctx.kernels, ctx.scores, ctx.mask_feat, ctx.R, ctx.C, ctx.regions[i],
                     int(ctx.level[i]), int(ctx.rows[i]), int(ctx.cols[i]),
                     ctx.grids[int(ctx.level[i])], int(ctx.labels[i]),
                 )
                 src = SOURCE_NEIGHBOUR if found else SOURCE_CELL
+                if found:
+                    prob = nsoft
+                    chk = None if check is None else self._crf(nsoft[None], ctx, sel[k:k + 1])[0]
             if not bool(crop.any()):
                 crop = torch.ones_like(crop)
                 src = SOURCE_BOX
+            conf.append(0.0 if src == SOURCE_BOX else mask_confidence(
+                self._paste_soft(prob, ctx.R, ctx.C, ctx.regions[i]),
+                None if chk is None else self._paste_soft(chk, ctx.R, ctx.C, ctx.regions[i]),
+                self.mask_thr))
             crops.append(crop.cpu())
             source.append(src)
         return BoxMasks(index=sel, regions=ctx.regions[sel], crops=crops, scores=score.cpu(),
-                        source=torch.tensor(source, dtype=torch.int64))
+                        source=torch.tensor(source, dtype=torch.int64),
+                        confidence=torch.tensor(conf, dtype=torch.float32))
 
     @staticmethod
     def tile_for_boxes(
@@ -374,16 +434,22 @@ class BoxConditionedInference:
         col = scores[:, cell]
         return col.max() if label < 0 or label >= col.shape[0] else col[label]
 
+    @staticmethod
+    def _paste_soft(soft: Tensor, R: Tensor, C: Tensor, region: Tensor) -> Tensor:
+        """``float[h, w]`` soft mask -> ``float[y1 - y0, x1 - x0]`` pasted inside ``region``."""
+        x0, y0, x1, y1 = (int(v) for v in region)
+        return R[y0:y1] @ soft @ C[x0:x1].T
+
     def _paste(self, soft: Tensor, R: Tensor, C: Tensor, region: Tensor) -> Tensor:
         """``float[h, w]`` soft mask -> ``bool[y1 - y0, x1 - x0]`` inside ``region``."""
-        x0, y0, x1, y1 = (int(v) for v in region)
-        return (R[y0:y1] @ soft @ C[x0:x1].T) > self.mask_thr
+        return self._paste_soft(soft, R, C, region) > self.mask_thr
 
     def _neighbours(
         self, kernels: list[Tensor], scores: list[Tensor], mask_feat: Tensor, R: Tensor,
         C: Tensor, region: Tensor, level: int, row: int, col: int, S: int, label: int,
-    ) -> tuple[Tensor, Tensor, bool]:
-        """First non-empty mask among the 8 neighbouring cells, best class score first."""
+    ) -> tuple[Tensor, Tensor, bool, Tensor | None]:
+        """First non-empty mask among the 8 neighbouring cells, best class score first: the
+        pasted mask, its class score, whether one was found and its ``float[h, w]`` soft mask."""
         cells = [
             (row + di) * S + (col + dj)
             for di in (-1, 0, 1)
@@ -395,7 +461,7 @@ class BoxConditionedInference:
         empty = torch.zeros((max(y1 - y0, 0), max(x1 - x0, 0)), dtype=torch.bool,
                             device=mask_feat.device)
         if not cells:
-            return empty, fallback, False
+            return empty, fallback, False, None
         cand = torch.stack([self._score(scores[level], c, label) for c in cells])
         order = torch.argsort(cand, descending=True, stable=True).tolist()
         kern = kernels[level][:, [cells[o] for o in order]].T
@@ -403,5 +469,5 @@ class BoxConditionedInference:
         for k, o in enumerate(order):
             crop = self._paste(soft[k], R, C, region)
             if bool(crop.any()):
-                return crop, cand[o], True
-        return empty, fallback, False
+                return crop, cand[o], True, soft[k]
+        return empty, fallback, False, None

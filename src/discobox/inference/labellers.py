@@ -3,6 +3,7 @@ to :data:`Result` tuples, one per box (see :mod:`discobox.inference.pseudo_label
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -12,10 +13,12 @@ import numpy as np
 import torch
 
 from ..checkpoint.load import load_model
+from ..config import Config
 from ..data.loader import collate
 from ..data.transforms import build_transforms
 from ..device import amp_autocast, resolve_device
 from ..modeling.build import refine_params
+from ..modeling.crf.params import CRF_MODES, CRFParams
 from ..structures import ImageBatch, Instances
 from .box_baselines import grabcut_mask
 from .box_conditioned import SOURCE_BOX, SOURCE_NEIGHBOUR, BoxConditionedInference, box_region
@@ -23,6 +26,13 @@ from .box_json import Result, Work
 from .tiling import tile_windows, window_crops
 
 logger = logging.getLogger("discobox")
+
+
+def confidence_crf(cfg: Config) -> CRFParams:
+    """The CRF of the pseudo-mask confidence: the training teacher's (``cfg.crf``), the
+    official faithful CRF where the model was trained without a teacher."""
+    mode = cfg.crf.mode if cfg.crf.mode in CRF_MODES else "faithful"
+    return dataclasses.replace(cfg.crf, mode=mode)
 
 
 def label_map(categories: list[dict[str, Any]], class_names: Sequence[str] | None,
@@ -42,25 +52,38 @@ def label_map(categories: list[dict[str, Any]], class_names: Sequence[str] | Non
 
 
 class ModelLabeller:
-    """Batched network forward + :class:`BoxConditionedInference` (docs/method.md §8.1)."""
+    """Batched network forward + :class:`BoxConditionedInference` (docs/method.md §8.1).
+
+    Each :data:`Result`'s score is the mask's confidence (:func:`mask_confidence`: maskness
+    times the agreement with the training teacher's CRF, ``cfg.crf``), for sorting masks to
+    review; the emitted masks do not depend on it.
+    """
 
     windows_per_forward = 16  # test.tile windows per network forward (memory stays bounded)
 
-    def __init__(self, *, weights: str | Path, config: str | Path | None,
-                 overrides: list[str] | None, device: str, chunk_size: int,
-                 categories: list[dict[str, Any]]) -> None:
-        model, cfg = load_model(weights, config=config, overrides=overrides)
-        self.device = resolve_device(device)
+    def __init__(self, *, model: torch.nn.Module, cfg: Config, device: str | torch.device,
+                 chunk_size: int, categories: list[dict[str, Any]]) -> None:
+        self.device = resolve_device(device) if isinstance(device, str) else device
         self.model = model.to(self.device).eval()
         self.amp = cfg.solver.amp
         self.transforms = build_transforms(train=False, scales=[cfg.data.test_scale])
         self.infer = BoxConditionedInference(
             mask_thr=cfg.test.mask_thr, scale_ranges=cfg.model.scale_ranges,
             chunk_size=chunk_size, refine=None if cfg.test.refine == "none" else cfg.test.refine,
-            refine_params=refine_params(cfg))
-        self.cat_to_label = label_map(categories, cfg.data.class_names, cfg.model.num_classes)
+            refine_params=refine_params(cfg), confidence_crf=confidence_crf(cfg))
+        self.cat_to_label = label_map(categories, cfg.data.class_names,
+                                      cfg.model.num_classes) if categories else {}
         self.tile = cfg.test.tile
         self.tile_overlap = cfg.test.tile_overlap
+
+    @classmethod
+    def from_weights(cls, *, weights: str | Path, config: str | Path | None,
+                     overrides: list[str] | None, device: str, chunk_size: int,
+                     categories: list[dict[str, Any]]) -> ModelLabeller:
+        """Load ``weights`` (with its stored config, or ``config`` and ``overrides``)."""
+        model, cfg = load_model(weights, config=config, overrides=overrides)
+        return cls(model=model, cfg=cfg, device=device, chunk_size=chunk_size,
+                   categories=categories)
 
     def labels(self, anns: list[dict[str, Any]]) -> np.ndarray:
         """``int64[n]`` model class per annotation, ``-1`` for an unknown category."""
@@ -125,7 +148,7 @@ class ModelLabeller:
             for k, i in enumerate(ch.index.tolist()):
                 region = tuple(int(v) for v in ch.regions[k].tolist())
                 yield (w.positions[int(sel[i])], region, ch.crops[k].numpy(),
-                       float(ch.scores[k]), names.get(int(ch.source[k]), "model"))
+                       float(ch.confidence[k]), names.get(int(ch.source[k]), "model"))
 
 
 def label_box(works: list[Work]) -> Iterator[Result]:

@@ -3,7 +3,9 @@
 Methods (``method=``):
 
 - ``"model"``: box-conditioned SOLOv2 inference, docs/method.md §8.1 (see
-  :mod:`discobox.inference.box_conditioned`); score = the class score of the box's cell. With
+  :mod:`discobox.inference.box_conditioned`); score = the mask's confidence for review,
+  ``maskness x IoU(mask, its CRF refinement)`` (``mask_confidence`` in that module; the CRF is
+  the training teacher's, ``cfg.crf``), 0 for a filled box. With
   ``test.tile`` in the model's config (models trained on ``data.train_crop``) each box is
   labelled in the sliding window that holds it best, so the network sees inputs of the size it
   was trained on (BENCHMARKS.md, "Droplets on crops: short side 512, 256x320 crops,
@@ -19,8 +21,10 @@ image (``box_region`` in :mod:`discobox.inference.box_conditioned`). (The offici
 §3.1 step 3.)
 
 The output is a copy of the input json in which every annotation gets a compressed-RLE
-``segmentation`` (``counts`` a str) at its image's size and the matching ``area``; nothing else
-changes (ids, image ids, category ids, bbox, other keys). Bad input never stops the run:
+``segmentation`` (``counts`` a str) at its image's size, the matching ``area`` and ``score``
+(the method's score above, 5 decimals; 0 for a skipped box), so a reviewer can sort by it;
+nothing else changes (ids, image ids, category ids, bbox, other keys). Bad input never stops
+the run:
 
 - a box that is not 4 finite numbers (``invalid_box``), has ``w <= 0`` or ``h <= 0``
   (``zero_area``) or does not overlap the image (``outside_image``), and every box of an image
@@ -38,9 +42,11 @@ changes (ids, image ids, category ids, bbox, other keys). Bad input never stops 
 
 Structural errors (not a json object, no ``images``/``annotations`` list, an image without
 ``id``/``file_name``/``width``/``height``, an annotation naming an unknown image) raise
-:class:`~discobox.errors.InvalidInputError` (a ``ValueError``) naming the file. The output is
-written atomically (temp file + rename), so an interrupted run leaves either the previous file
-or none, never a truncated one.
+:class:`~discobox.errors.InvalidInputError` (a ``ValueError``) naming the file. An output path
+that is a folder or lies in a folder that cannot be written raises
+:class:`~discobox.checkpoint.io.OutputError` before any image is read. The output is written
+atomically (temp file + rename), so an interrupted run leaves either the previous file or none,
+never a truncated one.
 
 Modules: :mod:`~discobox.inference.box_json` reads the json and the images,
 :mod:`~discobox.inference.labellers` holds the three methods, this module writes the output.
@@ -59,7 +65,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from ..checkpoint.io import atomic_write_text
+from ..checkpoint.io import OutputError, atomic_write_text, check_writable_dir
 from ..data.coco import load_coco_json
 from ..data.coco_results import METRIC_NAMES, encode_mask
 from ..errors import InvalidInputError
@@ -94,6 +100,7 @@ class _Output:
             self._empty_rles[key] = encode_mask(np.zeros(key, dtype=bool))
         self.anns[pos]["segmentation"] = dict(self._empty_rles[key])
         self.anns[pos]["area"] = 0
+        self.anns[pos]["score"] = 0.0
         self.summary["skipped"][reason] += 1
 
     def emit(self, results: Iterator[Result], by_pos: dict[int, ImageEntry]) -> None:
@@ -104,6 +111,7 @@ class _Output:
             full[y0:y1, x0:x1] = crop
             self.anns[pos]["segmentation"] = encode_mask(full)
             self.anns[pos]["area"] = int(crop.sum())
+            self.anns[pos]["score"] = round(float(score), 5)
             self.scores[pos] = score
             self.summary["labelled"] += 1
             self.summary["fallback_neighbour"] += source == "neighbour"
@@ -121,6 +129,13 @@ def _check_args(method: str, weights: Any, grabcut_context: float | None, chunk_
     if chunk_size < 1 or batch_size < 1:
         raise InvalidInputError(
             f"chunk_size and batch_size must be >= 1, got {chunk_size}, {batch_size}")
+
+
+def _check_output_file(path: Path) -> None:
+    """:class:`OutputError` naming ``path`` if it is a folder or its folder is not writable."""
+    if path.is_dir():
+        raise OutputError(f"output file is a directory: {path}")
+    check_writable_dir(path.parent)
 
 
 def _label_all(images: dict[int, ImageEntry], anns: list[dict[str, Any]], out: _Output,
@@ -204,6 +219,9 @@ def pseudo_label(
     _check_args(method, weights, grabcut_context, chunk_size, batch_size)
     start = time.perf_counter()
     boxes_json, out_json = Path(boxes_json), Path(out_json)
+    for path in (out_json, summary_json):  # before any work
+        if path is not None:
+            _check_output_file(Path(path))
     data = load_coco_json(boxes_json)
     images = index_images(data, boxes_json, Path(images_dir))
     anns: list[dict[str, Any]] = data["annotations"]
@@ -212,9 +230,9 @@ def pseudo_label(
     if method == "grabcut":
         summary["grabcut_context"] = grabcut_context
     if method == "model":
-        labeller: Any = ModelLabeller(weights=weights, config=config, overrides=overrides,
-                                      device=device, chunk_size=chunk_size,
-                                      categories=data.get("categories") or [])
+        labeller: Any = ModelLabeller.from_weights(
+            weights=weights, config=config, overrides=overrides, device=device,
+            chunk_size=chunk_size, categories=data.get("categories") or [])
     else:
         labeller = label_box if method == "box" else partial(label_grabcut,
                                                              context=grabcut_context)
