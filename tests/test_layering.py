@@ -2,7 +2,7 @@
 
 Layers (a module imports only from its own layer or lower ones)::
 
-    errors/config/structures/device (0) <- modeling (1) <- checkpoint (2) <- data (3)
+    errors/config/config_merge/structures/device (0) <- modeling (1) <- checkpoint (2) <- data (3)
         <- inference (4) <- engine (5) <- tools (6) <- cli (7)
 
 The graph holds every ``import`` of a ``discobox`` module, at module level and inside functions;
@@ -23,7 +23,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 PACKAGE = "discobox"
 
 LAYERS = {
-    "errors": 0, "config": 0, "structures": 0, "device": 0,
+    "errors": 0, "config": 0, "config_merge": 0, "structures": 0, "device": 0,
     "modeling": 1, "checkpoint": 2, "data": 3, "inference": 4, "engine": 5, "tools": 6,
     "cli": 7,
     "__main__": 8,  # ``python -m discobox``: the entry point, above everything

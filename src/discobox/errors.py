@@ -28,3 +28,7 @@ class InvalidInputError(DiscoboxError, ValueError):
 
 class CheckpointError(DiscoboxError, RuntimeError):
     """A checkpoint cannot be read or holds no usable model; the message names the file."""
+
+
+class ConfigError(DiscoboxError, ValueError):
+    """A bad config file, key or value; the message names the key and the file."""

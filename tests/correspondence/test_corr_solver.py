@@ -6,20 +6,22 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from discobox.modeling.correspondence.evidence import (
+    cross_image_evidence,
+    paste_evidence,
+    superres_transport,
+)
 from discobox.modeling.correspondence.solver import (
     cosine_affinity,
-    cross_image_evidence,
     faithful_corr_loss,
     grid_centers,
     hough_voting,
     infonce_corr_loss,
     locality_mask,
     pass_message,
-    paste_evidence,
     sinkhorn,
     solve_faithful,
     solve_sinkhorn,
-    superres_transport,
 )
 
 

@@ -16,7 +16,7 @@ from discobox.checkpoint.io import (
     remove_stale_temps,
     save_checkpoint,
 )
-from discobox.engine.trainer import lr_factor
+from discobox.engine.schedule import lr_factor
 
 
 def test_atomic_save_leaves_no_partial_file_on_failure(tmp_path, monkeypatch):

@@ -165,12 +165,12 @@ def test_random_init_with_frozen_backbone_warns(caplog):
     import logging
 
     caplog.set_level(logging.WARNING, logger="discobox")
-    trainer_mod._warn_random_init_frozen(load_config("discobox_r50_fpn_3x_coco"))
+    trainer_mod.warn_random_init_frozen(load_config("discobox_r50_fpn_3x_coco"))
     assert "model.backbone.frozen_stages=-1" in caplog.text
     caplog.clear()
-    trainer_mod._warn_random_init_frozen(load_config("discobox_r50_fpn_3x_coco", {
+    trainer_mod.warn_random_init_frozen(load_config("discobox_r50_fpn_3x_coco", {
         "model.backbone.frozen_stages": -1, "model.backbone.norm_eval": False}))
-    trainer_mod._warn_random_init_frozen(load_config("discobox_r50_fpn_3x_coco", {
+    trainer_mod.warn_random_init_frozen(load_config("discobox_r50_fpn_3x_coco", {
         "model.backbone.weights": "/some/resnet50.pth"}))
     assert caplog.text == ""
 
@@ -180,15 +180,15 @@ def test_crop_training_without_tiled_test_warns(caplog):
     import logging
 
     caplog.set_level(logging.WARNING, logger="discobox")
-    trainer_mod._warn_crop_without_tiles(
+    trainer_mod.warn_crop_without_tiles(
         load_config("discobox_r18_fpn_cpu", ["data.train_crop=[256,320]"]))
     assert "test.tile=[256,320]" in caplog.text
     caplog.clear()
-    trainer_mod._warn_crop_without_tiles(load_config("discobox_r18_fpn_cpu", [
+    trainer_mod.warn_crop_without_tiles(load_config("discobox_r18_fpn_cpu", [
         "data.train_crop=[256,320]", "test.tile=[256,320]"]))
-    trainer_mod._warn_crop_without_tiles(load_config("discobox_r18_fpn_cpu", [
+    trainer_mod.warn_crop_without_tiles(load_config("discobox_r18_fpn_cpu", [
         "data.train_crop=[512,1024]"]))  # the test images fit one crop
-    trainer_mod._warn_crop_without_tiles(load_config("discobox_r18_fpn_cpu"))
+    trainer_mod.warn_crop_without_tiles(load_config("discobox_r18_fpn_cpu"))
     assert caplog.text == ""
 
 

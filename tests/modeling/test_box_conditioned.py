@@ -8,9 +8,8 @@ from discobox.inference.box_conditioned import (
     SOURCE_CELL,
     SOURCE_NEIGHBOUR,
     BoxConditionedInference,
-    box_region,
-    paste_matrix,
 )
+from discobox.inference.box_geometry import box_region, paste_matrix
 from discobox.modeling.crf.params import CRFParams
 from discobox.modeling.solov2.outputs import HeadOutput
 from discobox.modeling.solov2.targets import assign_best_targets

@@ -17,8 +17,12 @@ arithmetically and the first batches of its epoch by index only, without loading
 
 from __future__ import annotations
 
+import functools
 import itertools
-from collections.abc import Iterable, Iterator, Sequence
+import os
+import signal
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -219,6 +223,7 @@ def build_train_loader(
     rank: int = 0,
     world_size: int = 1,
     start_iter: int = 0,
+    worker_init_fn: Callable[[int], None] | None = None,
 ) -> TrainLoader:
     """Deterministic, infinite, aspect-ratio grouped training loader for one rank.
 
@@ -229,6 +234,8 @@ def build_train_loader(
         seed: base seed of shuffling and of the transforms' randomness.
         rank, world_size: this process and the number of processes.
         start_iter: global iteration to start at (exact resume).
+        worker_init_fn: optional extra per-worker setup, run after the workers are made to
+            ignore SIGINT and others' SIGTERM (see :func:`ignore_stop_signals`).
 
     Returns:
         :class:`TrainLoader`; ``next(loader)`` gives an :class:`ImageBatch`.
@@ -255,9 +262,41 @@ def build_train_loader(
         num_workers=num_workers,
         collate_fn=collate,
         persistent_workers=False,
+        worker_init_fn=worker_init(worker_init_fn),
         generator=torch.Generator().manual_seed(seed * 1000 + rank),
     )
     return TrainLoader(loader, iters_per_epoch=iters_per_epoch, start_iter=start_iter)
+
+
+def ignore_stop_signals(worker_id: int, then: Callable[[int], None] | None = None) -> None:
+    """DataLoader ``worker_init_fn``: the worker ignores SIGINT, and SIGTERM unless its parent
+    (the process that owns the loader) sends it; then runs ``then``.
+
+    Why: a scheduler (Slurm) or Ctrl-C signals every process of the job, workers included; a
+    worker that dies first makes torch raise in the main process before the trainer's handler
+    can save its checkpoint. The parent's own SIGTERM must still work: torch and
+    ``multiprocessing`` stop workers with it at shutdown and at exit (and would wait forever).
+    SIGTERM is blocked and a thread takes it with ``sigwaitinfo``, which names the sender.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if hasattr(signal, "sigwaitinfo"):  # Linux (Slurm's platform); elsewhere SIGTERM stays fatal
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # later threads inherit it
+        threading.Thread(target=_sigterm_from_parent_only, args=(os.getppid(),), daemon=True,
+                         name="discobox-sigterm").start()
+    if then is not None:
+        then(worker_id)
+
+
+def _sigterm_from_parent_only(parent: int) -> None:
+    """Wait for SIGTERMs; exit (as SIGTERM's default would) when ``parent`` sent one."""
+    while True:
+        if signal.sigwaitinfo({signal.SIGTERM}).si_pid == parent:
+            os._exit(128 + signal.SIGTERM)
+
+
+def worker_init(then: Callable[[int], None] | None = None) -> Callable[[int], None]:
+    """The loaders' ``worker_init_fn``: :func:`ignore_stop_signals` composed with ``then``."""
+    return functools.partial(ignore_stop_signals, then=then)
 
 
 class ShardSampler(Sampler[int]):
@@ -284,10 +323,12 @@ def build_test_loader(
     num_workers: int = 0,
     rank: int = 0,
     world_size: int = 1,
+    worker_init_fn: Callable[[int], None] | None = None,
 ) -> DataLoader:
     """Sequential loader over this rank's contiguous share of ``dataset`` (each image once overall).
 
-    Yields :class:`ImageBatch`; ``len(loader)`` is this rank's number of batches.
+    Yields :class:`ImageBatch`; ``len(loader)`` is this rank's number of batches. Workers ignore
+    SIGINT and others' SIGTERM, then run ``worker_init_fn`` (see :func:`ignore_stop_signals`).
     """
     sampler = ShardSampler(size=len(dataset), rank=rank, world_size=world_size)
     return DataLoader(
@@ -297,4 +338,5 @@ def build_test_loader(
         num_workers=num_workers,
         collate_fn=collate,
         drop_last=False,
+        worker_init_fn=worker_init(worker_init_fn),
     )

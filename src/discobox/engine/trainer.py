@@ -50,7 +50,9 @@ from ..modeling.correspondence.branch import CorrespondenceBranch
 from ..modeling.correspondence.object_bank import ObjectBank
 from . import distributed as du
 from .log import MetricWriter, setup_logger
+from .recipe_warnings import warn_crop_without_tiles, warn_random_init_frozen
 from .resume import StopSignals, TrainingInterrupted, env_rank, last_checkpoint, resume_config
+from .schedule import Schedule, build_optimizer, lr_factor, make_schedule
 from .tester import evaluate
 
 logger = logging.getLogger("discobox")
@@ -141,8 +143,8 @@ def _setup(cfg: Config, device: torch.device) -> tuple[_Run, Any]:
     """Dataset, model, losses, bank, optimizer, schedule, teacher and gates of ``cfg``, in a
     fixed order (model initialisation consumes the seeded RNG)."""
     dataset = build_train_dataset(cfg)
-    _warn_random_init_frozen(cfg)
-    _warn_crop_without_tiles(cfg)
+    warn_random_init_frozen(cfg)
+    warn_crop_without_tiles(cfg)
     model = build_model(cfg).to(device)
     criterion = build_criterion(cfg)
     branch = build_corr_branch(cfg)
@@ -384,71 +386,8 @@ def _save_final(run: _Run, metrics: dict[str, Any]) -> None:
         atomic_write_text(json.dumps(metrics, indent=2), out_dir / "metrics_final.json")
 
 
-@dataclass
-class Schedule:
-    """The run's length in iterations and its learning-rate steps."""
-
-    max_iter: int
-    steps: tuple[int, ...]  # iterations at which lr *= gamma
-    iters_per_epoch: int
-
-
-def make_schedule(cfg: Config, iters_per_epoch: int) -> Schedule:
-    """Iteration-based schedule from the epoch-based recipe, or ``solver.max_iter`` directly."""
-    s = cfg.solver
-    if s.max_iter is not None:
-        return Schedule(s.max_iter, tuple(s.steps), iters_per_epoch)
-    return Schedule(
-        s.epochs * iters_per_epoch, tuple(e * iters_per_epoch for e in s.steps), iters_per_epoch
-    )
-
-
-def lr_factor(iteration: int, *, warmup_iters: int, warmup_ratio: float,
-              steps: tuple[int, ...], gamma: float) -> float:
-    """Linear warm-up (mmcv: ``1 - (1 - i/W)(1 - r)``) times step decay (docs/method.md §6)."""
-    factor = gamma ** sum(iteration >= s for s in steps)
-    if iteration < warmup_iters:
-        factor *= 1.0 - (1.0 - iteration / warmup_iters) * (1.0 - warmup_ratio)
-    return factor
-
-
-def build_optimizer(cfg: Config, model: torch.nn.Module) -> torch.optim.SGD:
-    """SGD with weight decay on every trainable parameter (docs/method.md §6)."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    s = cfg.solver
-    return torch.optim.SGD(params, lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay)
-
-
 def seed_everything(seed: int) -> None:
     """Seed Python's, NumPy's and torch's generators (each rank passes ``train.seed + rank``)."""
     random.seed(seed)
     np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
-
-
-def _warn_random_init_frozen(cfg: Config) -> None:
-    """Frozen stages and frozen BN statistics (docs/method.md §2.2) assume pretrained weights:
-    from random init they freeze random filters and make every BatchNorm the identity."""
-    b = cfg.model.backbone
-    if b.weights is None and (b.frozen_stages >= 0 or b.norm_eval):
-        logger.warning(
-            "model.backbone.weights is not set: training from random init with frozen stages "
-            "(%d) and frozen BatchNorm statistics (%s), the settings meant for pretrained "
-            "weights. From scratch, model.backbone.frozen_stages=-1 "
-            "model.backbone.norm_eval=false trains every stage and BN (lower loss at the same "
-            "iteration in BENCHMARKS.md).", b.frozen_stages, b.norm_eval)
-
-
-def _warn_crop_without_tiles(cfg: Config) -> None:
-    """SOLOv2's grid is relative to the input (docs/method.md §2): a model trained on crops and
-    evaluated on whole, larger images loses most of its AP (BENCHMARKS.md "Droplets on crops")."""
-    crop = cfg.data.train_crop
-    if crop is None or cfg.test.tile is not None:
-        return
-    long_side, short_side = max(cfg.data.test_scale), min(cfg.data.test_scale)
-    if short_side > min(crop) or long_side > max(crop):
-        logger.warning(
-            "data.train_crop=%s but test.tile is not set: evaluation and prediction run on whole "
-            "images of up to %dx%d, and SOLOv2's grid is relative to its input, so a model "
-            "trained on crops loses most of its AP there (BENCHMARKS.md, droplets). Set "
-            "test.tile=[%d,%d].", list(crop), short_side, long_side, crop[0], crop[1])

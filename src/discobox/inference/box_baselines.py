@@ -1,6 +1,6 @@
 """The two box-only baselines every pseudo-mask claim is measured against (docs/method.md §8.1):
 the filled box and OpenCV GrabCut initialised from the box. Both confine a mask to the box's
-pixels (pixel-centre rule, :func:`discobox.inference.box_conditioned.box_region`)."""
+pixels (pixel-centre rule, :func:`discobox.inference.box_geometry.box_region`)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from ..errors import InvalidInputError
-from .box_conditioned import box_region as _box_region
+from .box_geometry import box_region as _box_region
 
 logger = logging.getLogger("discobox")
 

@@ -57,30 +57,74 @@ def index_images(data: dict[str, Any], path: Path, image_dir: Path) -> dict[int,
     """``image id -> ImageEntry`` with each image's annotation positions.
 
     Raises:
-        InvalidInputError: no ``images``/``annotations`` list, an image without ``id``/
-            ``file_name``/``width``/``height``, a duplicate image id, or an annotation of an
-            unknown image.
+        InvalidInputError: no ``images``/``annotations`` list, an image that is not an object
+            or lacks an integer ``id``, a non-empty ``file_name`` or positive integer
+            ``width``/``height``, a duplicate image or annotation id, an annotation that is not
+            an object or names an unknown image, a duplicate category id.
     """
     for key in ("images", "annotations"):
         if not isinstance(data.get(key), list):
             raise InvalidInputError(f"{path}: missing top-level list '{key}'")
     images: dict[int, ImageEntry] = {}
     for i, img in enumerate(data["images"]):
-        if not isinstance(img, dict) or any(k not in img for k in ("id", "file_name", "width",
-                                                                     "height")):
-            raise InvalidInputError(
-                f"{path}: images[{i}] needs 'id', 'file_name', 'width', 'height'")
+        _check_image(img, i, path)
         if img["id"] in images:
             raise InvalidInputError(f"{path}: duplicate image id {img['id']}")
         images[img["id"]] = ImageEntry(img["id"], image_dir / img["file_name"],
-                                       int(img["height"]), int(img["width"]), [])
+                                       img["height"], img["width"], [])
+    _check_category_ids(data.get("categories"), path)
+    ann_ids: dict[Any, int] = {}
     for pos, ann in enumerate(data["annotations"]):
-        if not isinstance(ann, dict) or ann.get("image_id") not in images:
-            where = ann.get("id", f"#{pos}") if isinstance(ann, dict) else f"#{pos}"
-            raise InvalidInputError(
-                f"{path}: annotation {where} has no 'image_id' listed in 'images'")
+        if not isinstance(ann, dict):
+            raise InvalidInputError(f"{path}: annotations[{pos}]: expected an object, got "
+                                    f"{type(ann).__name__}")
+        if ann.get("image_id") not in images:
+            raise InvalidInputError(f"{path}: annotation {ann.get('id', f'#{pos}')!r} has no "
+                                    f"'image_id' listed in 'images'")
+        if "id" in ann:  # the output keeps the ids: a duplicate would break its consumers
+            first = ann_ids.setdefault(_hashable(ann["id"]), pos)
+            if first != pos:
+                raise InvalidInputError(f"{path}: duplicate annotation id {ann['id']!r} "
+                                        f"(annotations[{first}] and annotations[{pos}])")
         images[ann["image_id"]].anns.append(pos)
     return images
+
+
+def _check_image(img: Any, i: int, path: Path) -> None:
+    """:class:`InvalidInputError` naming ``path`` and the key if ``images[i]`` is malformed."""
+    where = f"{path}: images[{i}]"
+    if not isinstance(img, dict):
+        raise InvalidInputError(f"{where}: expected an object, got {type(img).__name__}")
+    missing = [k for k in ("id", "file_name", "width", "height") if k not in img]
+    if missing:
+        raise InvalidInputError(f"{where}: missing key(s) {missing}")
+    if not _is_int(img["id"]):
+        raise InvalidInputError(f"{where}: 'id' must be an integer, got {img['id']!r}")
+    if not isinstance(img["file_name"], str) or not img["file_name"]:
+        raise InvalidInputError(f"{where}: 'file_name' must be a non-empty string, got "
+                                f"{img['file_name']!r}")
+    for key in ("width", "height"):
+        if not _is_int(img[key]) or img[key] <= 0:
+            raise InvalidInputError(f"{where}: {key!r} must be a positive integer, got "
+                                    f"{img[key]!r}")
+
+
+def _check_category_ids(categories: Any, path: Path) -> None:
+    """Categories are optional here, but the output keeps them: a duplicate id is an error."""
+    seen: set[Any] = set()
+    for cat in categories if isinstance(categories, list) else []:
+        cid = _hashable(cat.get("id")) if isinstance(cat, dict) else None
+        if cid is not None and cid in seen:
+            raise InvalidInputError(f"{path}: duplicate category id {cat['id']!r}")
+        seen.add(cid)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _hashable(value: Any) -> Any:
+    return value if isinstance(value, int | str | float | bool | None) else repr(value)
 
 
 def parse_box(ann: dict[str, Any], height: int, width: int) -> tuple[np.ndarray | None, str]:
@@ -89,10 +133,9 @@ def parse_box(ann: dict[str, Any], height: int, width: int) -> tuple[np.ndarray 
     bbox = ann.get("bbox")
     if not isinstance(bbox, list | tuple) or len(bbox) != 4:
         return None, "invalid_box"
-    try:
-        x, y, w, h = (float(v) for v in bbox)
-    except (TypeError, ValueError):
-        return None, "invalid_box"
+    if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in bbox):
+        return None, "invalid_box"  # "30" would be labelled here but rejected by training
+    x, y, w, h = (float(v) for v in bbox)
     if not all(math.isfinite(v) for v in (x, y, w, h)):
         return None, "invalid_box"
     if w <= 0 or h <= 0:

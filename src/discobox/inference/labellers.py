@@ -21,7 +21,8 @@ from ..modeling.build import refine_params
 from ..modeling.crf.params import CRF_MODES, CRFParams
 from ..structures import ImageBatch, Instances
 from .box_baselines import grabcut_mask
-from .box_conditioned import SOURCE_BOX, SOURCE_NEIGHBOUR, BoxConditionedInference, box_region
+from .box_conditioned import SOURCE_BOX, SOURCE_NEIGHBOUR, BoxConditionedInference
+from .box_geometry import box_region
 from .box_json import Result, Work
 from .tiling import tile_windows, window_crops
 

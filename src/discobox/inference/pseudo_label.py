@@ -16,7 +16,7 @@ Methods (``method=``):
   (:func:`discobox.inference.box_baselines.grabcut_mask`); score 1.0.
 
 Every method confines a mask to its box: the pixels whose centres lie in the box, clipped to the
-image (``box_region`` in :mod:`discobox.inference.box_conditioned`). (The official training-time
+image (``box_region`` in :mod:`discobox.inference.box_geometry`). (The official training-time
 ``GenerateBoxMask`` rounds and includes the right/bottom edge, one pixel more, docs/method.md
 §3.1 step 3.)
 
@@ -41,8 +41,10 @@ the run:
   the filled box, counted in ``fallback_neighbour`` / ``fallback_box``.
 
 Structural errors (not a json object, no ``images``/``annotations`` list, an image without
-``id``/``file_name``/``width``/``height``, an annotation naming an unknown image) raise
-:class:`~discobox.errors.InvalidInputError` (a ``ValueError``) naming the file. An output path
+an integer ``id``, a ``file_name`` or positive integer ``width``/``height``, an annotation naming
+an unknown image, a duplicate annotation id, no annotations at all) raise
+:class:`~discobox.errors.InvalidInputError` (a ``ValueError``) naming the file; a missing images
+folder raises :class:`~discobox.errors.MissingFileError`. An output path
 that is a folder or lies in a folder that cannot be written raises
 :class:`~discobox.checkpoint.io.OutputError` before any image is read. The output is written
 atomically (temp file + rename), so an interrupted run leaves either the previous file or none,
@@ -68,7 +70,7 @@ from tqdm import tqdm
 from ..checkpoint.io import OutputError, atomic_write_text, check_writable_dir
 from ..data.coco import load_coco_json
 from ..data.coco_results import METRIC_NAMES, encode_mask
-from ..errors import InvalidInputError
+from ..errors import InvalidInputError, MissingFileError
 from .box_baselines import check_grabcut_context
 from .box_json import SKIP_REASONS, ImageEntry, Result, Work, index_images, prepare
 from .box_mask_eval import evaluate_box_masks
@@ -225,6 +227,10 @@ def pseudo_label(
     data = load_coco_json(boxes_json)
     images = index_images(data, boxes_json, Path(images_dir))
     anns: list[dict[str, Any]] = data["annotations"]
+    if not anns:
+        raise InvalidInputError(f"{boxes_json}: no annotations to label")
+    if not Path(images_dir).is_dir():  # else every box would be skipped as a missing image
+        raise MissingFileError(f"images folder not found: {images_dir}")
     out = _Output(anns, method)
     summary = out.summary
     if method == "grabcut":

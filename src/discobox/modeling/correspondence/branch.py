@@ -45,15 +45,14 @@ from ..crf.pseudo_labels import crf_pseudo_labels
 from ..solov2.head import dynamic_mask_logits
 from ..solov2.outputs import HeadOutput
 from ..solov2.targets import DEFAULT_NUM_GRIDS, DEFAULT_SCALE_RANGES, assign_best_targets
+from .evidence import cross_image_evidence, paste_evidence
 from .object_bank import ObjectBank
 from .params import CorrParams
 from .solver import (
     CORR_LOSSES,
     SOLVERS,
-    cross_image_evidence,
     faithful_corr_loss,
     infonce_corr_loss,
-    paste_evidence,
     solve_faithful,
     solve_sinkhorn,
 )
