@@ -13,8 +13,6 @@ import threading
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from ..checkpoint.io import checkpoint_candidates, load_checkpoint_file
 from ..config import Config, apply_overrides, config_from_dict, parse_cli_overrides
 from ..errors import CheckpointError
@@ -59,12 +57,17 @@ class StopSignals:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
 
-    def stop_requested(self, device: torch.device) -> int | None:
-        """The signal received by any rank (all ranks agree, so they save together)."""
+    def flag(self) -> float:
+        """1.0 once a signal arrived, else 0.0: averaged over ranks with the step's losses."""
+        return float(self.received is not None)
+
+    def stop_requested(self, any_rank: float) -> int | None:
+        """The signal to stop for: this process's, or (several processes) SIGTERM when only
+        another rank received one; ``any_rank`` is :meth:`flag` averaged over the ranks, so
+        all ranks agree and save together."""
         if du.get_world_size() == 1:
             return self.received
-        anyone = du.all_reduce_mean({"sig": float(self.received is not None)}, device)["sig"]
-        return (self.received or signal.SIGTERM) if anyone > 0 else None
+        return (self.received or signal.SIGTERM) if any_rank > 0 else None
 
 
 def env_rank() -> int:

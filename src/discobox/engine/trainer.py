@@ -57,6 +57,8 @@ from .tester import evaluate
 
 logger = logging.getLogger("discobox")
 
+_STOP = "_stop"  # the stop-signal flag's key in the per-step all-reduce
+
 
 class NonFiniteLossError(DiscoboxError, FloatingPointError):
     """Raised when a loss term is NaN or infinite; the message names the iteration and terms."""
@@ -220,7 +222,9 @@ def _loop(run: _Run, loader: Any, writer: MetricWriter, start_iter: int,
         for it in range(start_iter, max_iter):
             batch = next(loader).to(run.device, non_blocking=True)
             values, stats, grad_norm = _train_step(run, batch, it)
-            reduced = du.all_reduce_mean(values, run.device)
+            # one collective per step: the stop flag rides with the losses (ranks stop together)
+            reduced = du.all_reduce_mean({**values, _STOP: signals.flag()}, run.device)
+            any_stop = reduced.pop(_STOP)
             if cfg.loss.mode == "box" and "loss_proj" in reduced:
                 run.gates.update(reduced["loss_proj"])
             step = it + 1
@@ -237,7 +241,7 @@ def _loop(run: _Run, loader: Any, writer: MetricWriter, start_iter: int,
             if step % cfg.train.checkpoint_period == 0 or step == max_iter:
                 saved = _save_checkpoint(run, step)
             if step < max_iter:
-                _stop_if_signalled(run, signals, step, saved)
+                _stop_if_signalled(run, signals.stop_requested(any_stop), step, saved)
             if cfg.data.val_json and ((cfg.train.eval_period > 0
                                        and step % cfg.train.eval_period == 0) or step == max_iter):
                 metrics = evaluate(cfg, run.model, device=run.device)
@@ -246,10 +250,9 @@ def _loop(run: _Run, loader: Any, writer: MetricWriter, start_iter: int,
     return metrics
 
 
-def _stop_if_signalled(run: _Run, signals: StopSignals, step: int, saved: Path | None) -> None:
-    """After a step: if a stop signal arrived, save the checkpoint at ``step`` (unless
-    ``saved`` is it already) and raise :class:`TrainingInterrupted`."""
-    signum = signals.stop_requested(run.device)
+def _stop_if_signalled(run: _Run, signum: int | None, step: int, saved: Path | None) -> None:
+    """After a step: if a stop signal arrived (``signum``), save the checkpoint at ``step``
+    (unless ``saved`` is it already) and raise :class:`TrainingInterrupted`."""
     if signum is None:
         return
     if saved is None:
